@@ -1,0 +1,1 @@
+"""Reading radiographs from disk and preparing them for the encoder."""
