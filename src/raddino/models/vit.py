@@ -1,0 +1,347 @@
+"""DINOv2-style Vision Transformer backbone.
+
+Parameter names follow the official facebookresearch/dinov2 layout (``cls_token``, ``pos_embed``,
+``blocks.{i}.attn.qkv``, ``blocks.{i}.ls1.gamma``, ``norm``...), so an official state dict loads
+without renaming; :mod:`raddino.models.formats` maps the Hugging Face names onto these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FfnKind = Literal["mlp", "swiglu"]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Architecture of a DINOv2 ViT. Defaults are RAD-DINO's ViT-B/14 at 518 px."""
+
+    image_size: int = 518
+    patch_size: int = 14
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    ffn: FfnKind = "mlp"
+    layerscale_init: float | None = 1.0
+    num_register_tokens: int = 0
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    # Position-embedding resampling for other input sizes. offset 0.0 resizes to the exact grid
+    # (transformers' Dinov2Model); offset 0.1 reproduces the official non-register hub models.
+    interpolate_offset: float = 0.0
+    interpolate_antialias: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "image_size": self.image_size > 0 and self.image_size % self.patch_size == 0,
+            "patch_size": self.patch_size > 0,
+            "embed_dim": self.embed_dim > 0,
+            "depth": self.depth > 0,
+            "num_heads": self.num_heads > 0 and self.embed_dim % max(self.num_heads, 1) == 0,
+            "mlp_ratio": self.mlp_ratio > 0,
+            "ffn": self.ffn in ("mlp", "swiglu"),
+            "num_register_tokens": self.num_register_tokens >= 0,
+            "drop_path_rate": 0.0 <= self.drop_path_rate < 1.0,
+            "interpolate_offset": self.interpolate_offset >= 0.0,
+        }
+        bad = [key for key, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{key}={getattr(self, key)!r}" for key in bad)
+            raise ValueError(f"invalid ViTConfig: {values}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side at ``image_size``."""
+        return self.image_size // self.patch_size
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        hidden = int(self.embed_dim * self.mlp_ratio)
+        if self.ffn == "swiglu":  # two thirds of the MLP width, rounded up to a multiple of 8
+            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        return hidden
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_SIZES: dict[str, dict] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "giant": dict(embed_dim=1536, depth=40, num_heads=24, ffn="swiglu"),
+}
+
+
+def vit_config(size: str, **overrides) -> ViTConfig:
+    """Config of a named size (tiny, small, base, large, giant) with overrides."""
+    if size not in _SIZES:
+        raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(_SIZES)}")
+    return ViTConfig(**{**_SIZES[size], **overrides})
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, H/p * W/p, D) by a stride-p convolution."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"input size {height}x{width} is not a multiple of the patch size {self.patch_size}"
+            )
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, D) -> (B, N, D)."""
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwiGLUFFN(nn.Module):
+    """``w3(silu(a) * b)`` with ``(a, b) = w12(x).chunk(2)`` (official DINOv2 giant layout)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * up)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole samples of a residual branch with probability ``rate``."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(ffn(norm2(x)))."""
+
+    def __init__(self, config: ViTConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn = Attention(dim, config.num_heads, config.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        ffn_cls = SwiGLUFFN if config.ffn == "swiglu" else Mlp
+        self.mlp = ffn_cls(dim, config.ffn_hidden_dim)
+        scale = config.layerscale_init
+        self.ls1 = LayerScale(dim, scale) if scale else nn.Identity()
+        self.ls2 = LayerScale(dim, scale) if scale else nn.Identity()
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + drop_path(self.ls1(self.attn(self.norm1(x))), self.drop_path_rate, self.training)
+        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path_rate, self.training)
+
+
+@dataclass
+class BackboneOutput:
+    """Named outputs of :class:`VisionTransformer` (all after the final LayerNorm).
+
+    cls: (B, D); patches: (B, h*w, D); registers: (B, R, D); grid: (h, w);
+    layers: block index -> (B, 1 + R + h*w, D) normalised tokens of that block.
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+    registers: torch.Tensor
+    grid: tuple[int, int]
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def patch_grid(self, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, h*w, D) patch tokens -> (B, D, h, w)."""
+        tokens = self.patches if tokens is None else tokens
+        height, width = self.grid
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
+class VisionTransformer(nn.Module):
+    """DINOv2 ViT: patch embedding, CLS token, optional registers, LayerScale blocks, final norm."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.grid_size**2, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        if config.num_register_tokens:
+            self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, dim))
+        else:
+            self.register_tokens = None
+        self.blocks = nn.ModuleList(
+            Block(config, config.drop_path_rate) for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.reset_parameters()
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    def reset_parameters(self) -> None:
+        """DINOv2 initialisation: trunc-normal(0.02) linears and pos-embed, tiny CLS/registers."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        nn.init.zeros_(self.mask_token)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def interpolate_pos_embed(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings (1, 1 + h*w, D) for an input of height x width pixels.
+
+        Bicubic resampling of the square training grid, computed in float32.
+        """
+        pos = self.pos_embed
+        grid_h, grid_w = height // self.patch_size, width // self.patch_size
+        side = math.isqrt(pos.shape[1] - 1)
+        if grid_h == side and grid_w == side:
+            return pos
+        cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+        patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+        offset = self.config.interpolate_offset
+        if offset:
+            scale = ((grid_h + offset) / side, (grid_w + offset) / side)
+            resampled = F.interpolate(
+                patch_pos,
+                scale_factor=scale,
+                mode="bicubic",
+                antialias=self.config.interpolate_antialias,
+            )
+        else:
+            resampled = F.interpolate(
+                patch_pos,
+                size=(grid_h, grid_w),
+                mode="bicubic",
+                antialias=self.config.interpolate_antialias,
+            )
+        if resampled.shape[-2:] != (grid_h, grid_w):
+            raise RuntimeError(f"pos-embed resampled to {tuple(resampled.shape[-2:])}")
+        resampled = resampled.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
+        return torch.cat([cls_pos, resampled], dim=1)
+
+    def prepare_tokens(
+        self, images: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 1 + R + h*w, D) tokens; masked patches become ``mask_token``."""
+        batch, _, height, width = images.shape
+        tokens = self.patch_embed(images)
+        if masks is not None:
+            if masks.shape != tokens.shape[:2]:
+                raise ValueError(
+                    f"mask shape {tuple(masks.shape)} does not match the patch grid "
+                    f"{tuple(tokens.shape[:2])}"
+                )
+            tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
+        tokens = tokens + self.interpolate_pos_embed(height, width)
+        if self.register_tokens is not None:
+            registers = self.register_tokens.expand(batch, -1, -1)
+            tokens = torch.cat([tokens[:, :1], registers, tokens[:, 1:]], dim=1)
+        return tokens
+
+    def resolve_layers(self, layers: Sequence[int]) -> list[int]:
+        """Block indices, negative ones counted from the end, validated."""
+        depth = len(self.blocks)
+        resolved = []
+        for index in layers:
+            if not -depth <= index < depth:
+                raise ValueError(f"layer {index} out of range for a {depth}-block ViT")
+            resolved.append(index % depth)
+        return resolved
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        layers: Sequence[int] = (),
+    ) -> BackboneOutput:
+        """images: (B, C, H, W) with H, W multiples of the patch size.
+
+        masks: optional (B, h*w) bool, True = replace the patch by the mask token (iBOT).
+        layers: block indices whose normalised outputs to return as well.
+        """
+        wanted = set(self.resolve_layers(layers))
+        x = self.prepare_tokens(images, masks)
+        intermediate: dict[int, torch.Tensor] = {}
+        last = len(self.blocks) - 1
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in wanted and index != last:
+                intermediate[index] = self.norm(x)
+        x = self.norm(x)
+        if last in wanted:
+            intermediate[last] = x
+        registers_end = 1 + self.config.num_register_tokens
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        return BackboneOutput(
+            cls=x[:, 0],
+            registers=x[:, 1:registers_end],
+            patches=x[:, registers_end:],
+            grid=grid,
+            layers=intermediate,
+        )

@@ -1,0 +1,131 @@
+"""The DINOv2 ViT backbone: shapes, masks, intermediate layers, interpolation, configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raddino.models.vit import VisionTransformer, ViTConfig, vit_config
+
+
+def tiny(**overrides) -> VisionTransformer:
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=56, patch_size=14, embed_dim=32, depth=3, num_heads=4, **overrides
+    )
+    return VisionTransformer(config).eval()
+
+
+def test_named_outputs_have_documented_shapes():
+    model = tiny(num_register_tokens=2)
+    out = model(torch.randn(3, 3, 56, 84), layers=[0, -1])
+    assert out.cls.shape == (3, 32)
+    assert out.registers.shape == (3, 2, 32)
+    assert out.patches.shape == (3, 4 * 6, 32)
+    assert out.grid == (4, 6)
+    assert out.patch_grid().shape == (3, 32, 4, 6)
+    assert sorted(out.layers) == [0, 2]
+    assert torch.equal(out.layers[2][:, 0], out.cls)
+
+
+def test_patch_grid_is_row_major_over_the_image():
+    model = tiny()
+    out = model(torch.randn(1, 3, 56, 84))
+    grid = out.patch_grid()
+    # token index r * w + c sits at grid[:, :, r, c]
+    assert torch.equal(grid[0, :, 1, 4], out.patches[0, 1 * 6 + 4])
+
+
+def test_mask_replaces_patches_with_the_mask_token():
+    model = tiny()
+    with torch.no_grad():
+        model.mask_token.normal_()
+    images = torch.randn(2, 3, 56, 56)
+    masks = torch.zeros(2, 16, dtype=torch.bool)
+    masks[0, :5] = True
+    masked = model.prepare_tokens(images, masks)
+    plain = model.prepare_tokens(images)
+    pos = model.interpolate_pos_embed(56, 56)
+    assert torch.allclose(masked[0, 1:6], model.mask_token + pos[0, 1:6])
+    assert torch.equal(masked[0, 6:], plain[0, 6:])
+    assert torch.equal(masked[1], plain[1])
+
+
+def test_mask_of_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match="mask shape"):
+        tiny()(torch.randn(1, 3, 56, 56), masks=torch.zeros(1, 9, dtype=torch.bool))
+
+
+def test_input_not_multiple_of_patch_size_is_refused():
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        tiny()(torch.randn(1, 3, 50, 56))
+
+
+def test_pos_embed_unchanged_at_training_size_and_resampled_elsewhere():
+    model = tiny()
+    assert model.interpolate_pos_embed(56, 56) is model.pos_embed
+    resampled = model.interpolate_pos_embed(28, 70)
+    assert resampled.shape == (1, 1 + 2 * 5, 32)
+    assert torch.equal(resampled[:, 0], model.pos_embed[:, 0])
+
+
+def test_legacy_offset_interpolation_gives_requested_grid():
+    model = tiny(interpolate_offset=0.1)
+    for h, w in [(98, 98), (28, 42), (224, 126)]:
+        assert model.interpolate_pos_embed(h, w).shape[1] == 1 + (h // 14) * (w // 14)
+
+
+def test_swiglu_and_no_layerscale_variants_run_and_have_official_names():
+    model = tiny(ffn="swiglu", layerscale_init=None, qkv_bias=False)
+    keys = set(model.state_dict())
+    assert "blocks.0.mlp.w12.weight" in keys and "blocks.0.mlp.w3.weight" in keys
+    assert not any("ls1" in k for k in keys)
+    assert "blocks.0.attn.qkv.bias" not in keys
+    assert model(torch.randn(1, 3, 56, 56)).cls.shape == (1, 32)
+
+
+def test_drop_path_is_active_only_in_training():
+    model = tiny(drop_path_rate=0.5)
+    images = torch.randn(8, 3, 56, 56)
+    model.eval()
+    assert torch.equal(model(images).cls, model(images).cls)
+    model.train()
+    torch.manual_seed(1)
+    first = model(images).cls
+    torch.manual_seed(2)
+    assert not torch.allclose(first, model(images).cls)
+
+
+def test_gradients_flow_to_pixels_and_parameters():
+    model = tiny()
+    images = torch.randn(1, 3, 56, 56, requires_grad=True)
+    model(images).cls.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert model.patch_embed.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("size", "dim", "depth", "heads"),
+    [("tiny", 192, 12, 3), ("small", 384, 12, 6), ("base", 768, 12, 12), ("large", 1024, 24, 16)],
+)
+def test_named_sizes(size, dim, depth, heads):
+    config = vit_config(size)
+    assert (config.embed_dim, config.depth, config.num_heads) == (dim, depth, heads)
+
+
+def test_giant_uses_swiglu_with_official_hidden_width():
+    config = vit_config("giant")
+    assert config.ffn == "swiglu" and config.ffn_hidden_dim == 4096
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("image_size", 500), ("num_heads", 5), ("drop_path_rate", 1.5), ("ffn", "x")]
+)
+def test_invalid_config_names_the_key(key, value):
+    with pytest.raises(ValueError, match=key):
+        ViTConfig(**{key: value})
+
+
+def test_layer_index_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="out of range"):
+        tiny()(torch.randn(1, 3, 56, 56), layers=[3])
