@@ -1,0 +1,197 @@
+"""RadDino: the RAD-DINO image processor and ViT backbone behind one object.
+
+API-compatible with the official ``rad-dino`` package (``extract_features``,
+``extract_cls_token``, ``extract_patch_tokens``, ``preprocess``) and loadable from every weight
+format we know (:meth:`RadDino.from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from raddino.data.io import pil_to_array, read_image, to_uint8
+from raddino.data.preprocess import (
+    PreprocessConfig,
+    array_to_chw_uint8,
+    normalize,
+    resize_and_crop,
+)
+from raddino.models import formats
+from raddino.models.vit import BackboneOutput, VisionTransformer, ViTConfig
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+
+def to_uint8_chw(image: ImageLike) -> torch.Tensor:
+    """Any supported image -> uint8 (C, H, W), C in {1, 3}.
+
+    Paths are decoded with :func:`raddino.data.io.read_image`. uint8 arrays and tensors are taken
+    as pixel values; other dtypes are min-max scaled to [0, 255] (the model card's recipe).
+    Tensors may be (H, W), (1, H, W) or (3, H, W); arrays (H, W) or (H, W, 3).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return array_to_chw_uint8(to_uint8(read_image(image), source=str(image)))
+    if isinstance(image, Image.Image):
+        return array_to_chw_uint8(to_uint8(pil_to_array(image), source="<PIL image>"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        return array_to_chw_uint8(to_uint8(image))
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim == 2:
+            tensor = tensor.unsqueeze(0)
+        if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+            raise ValueError(
+                f"image tensors must be (H, W) or (1|3, H, W), got {tuple(image.shape)}"
+            )
+        if tensor.dtype != torch.uint8:
+            array = tensor.permute(1, 2, 0).numpy()
+            if array.shape[2] == 1:
+                array = array[..., 0]
+            return array_to_chw_uint8(to_uint8(array))
+        return tensor.contiguous()
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+class RadDino(nn.Module):
+    """A RAD-DINO encoder: ``preprocess`` then a DINOv2 ViT.
+
+    Outputs: CLS embedding (B, D) and a patch-token grid (B, D, h, w), 37 x 37 at 518 px.
+    """
+
+    def __init__(
+        self, backbone: VisionTransformer, preprocess_config: PreprocessConfig | None = None
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.preprocess_config = preprocess_config or PreprocessConfig()
+        self.eval()
+
+    # ------------------------------------------------------------------ construction and I/O
+
+    @classmethod
+    def from_config(
+        cls, config: ViTConfig, preprocess_config: PreprocessConfig | None = None
+    ) -> RadDino:
+        """A randomly initialised encoder."""
+        return cls(VisionTransformer(config), preprocess_config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        preprocess_config: PreprocessConfig | None = None,
+    ) -> RadDino:
+        """Load a Hugging Face Dinov2 directory or an official DINOv2 state dict.
+
+        An HF directory's ``preprocessor_config.json`` sets the preprocessing; otherwise (and
+        for official files) RAD-DINO's processor is used unless ``preprocess_config`` is given.
+        """
+        path = Path(path)
+        kind = formats.detect_format(path)
+        if kind == "hf":
+            config, state, stored = formats.load_hf_directory(path)
+        else:
+            config, state = formats.load_dinov2_file(path)
+            stored = None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        with torch.device("meta"):
+            backbone = VisionTransformer(config)
+        backbone.load_state_dict(state, strict=True, assign=True)
+        model = cls(backbone, preprocess_config or stored)
+        return model.to(device)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the Hugging Face format (loadable by ``transformers.AutoModel``)."""
+        directory = Path(directory)
+        formats.save_hf_directory(
+            self.backbone.state_dict(), self.config, self.preprocess_config, directory
+        )
+        return directory
+
+    def export(self, path: str | os.PathLike, format: str = "hf") -> Path:
+        """``format='hf'``: a directory; ``format='dinov2'``: an official .safetensors/.pth file."""
+        path = Path(path)
+        if format == "hf":
+            return self.save_pretrained(path)
+        if format == "dinov2":
+            formats.save_dinov2_file(self.backbone.state_dict(), path)
+            return path
+        raise ValueError(f"unknown export format {format!r}; use 'hf' or 'dinov2'")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> ViTConfig:
+        return self.backbone.config
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.cls_token.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.cls_token.dtype
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def preprocess_uint8(self, image: ImageLike) -> torch.Tensor:
+        """One image -> resized, cropped uint8 (C, H, W) on the CPU."""
+        return resize_and_crop(to_uint8_chw(image), self.preprocess_config)
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Images -> pixel values (B, 3, H, W) float32 on the model's device."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        crops = [self.preprocess_uint8(image) for image in images]
+        shapes = {tuple(c.shape[-2:]) for c in crops}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"preprocessed images differ in size {sorted(shapes)}; enable centre crop"
+            )
+        batch = torch.stack([c.expand(3, -1, -1) if c.shape[0] == 1 else c for c in crops])
+        return normalize(batch.to(self.device), self.preprocess_config)
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        layers: Sequence[int] = (),
+    ) -> BackboneOutput:
+        """Gradient-enabled forward pass of preprocessed pixels (B, 3, H, W)."""
+        return self.backbone(pixel_values.to(self.device, self.dtype), masks=masks, layers=layers)
+
+    def forward(self, pixel_values: torch.Tensor) -> BackboneOutput:
+        return self.encode(pixel_values)
+
+    @torch.inference_mode()
+    def extract_features(
+        self, images: ImageLike | Sequence[ImageLike]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (CLS (B, D), patch tokens (B, D, h, w)), as the official rad-dino package."""
+        output = self.encode(self.preprocess(images))
+        return output.cls, output.patch_grid()
+
+    def extract_cls_token(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Images -> CLS embeddings (B, D)."""
+        return self.extract_features(images)[0]
+
+    def extract_patch_tokens(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Images -> patch tokens (B, D, h, w)."""
+        return self.extract_features(images)[1]

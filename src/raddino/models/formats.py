@@ -1,0 +1,443 @@
+"""Weight formats: Hugging Face Dinov2 directories and official DINOv2 state dicts.
+
+Our :class:`~raddino.models.vit.VisionTransformer` uses the official DINOv2 parameter names, so
+the official format is (almost) the identity and the Hugging Face format is a renaming plus the
+split of the fused ``qkv`` projection into ``query``/``key``/``value``.
+
+Nothing here unpickles: safetensors everywhere, ``.pth``/``.bin`` through
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from raddino.data.preprocess import PreprocessConfig
+from raddino.models.vit import ViTConfig
+
+StateDict = dict[str, torch.Tensor]
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+DINOV2_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# Official hub builder: non-register models resample with the legacy +0.1 offset, register
+# models with an exact size and antialiasing (dinov2/hub/backbones.py).
+_OFFICIAL_INTERPOLATION = {False: (0.1, False), True: (0.0, True)}
+
+
+class WeightFormatError(ValueError):
+    """Weights that cannot be read or do not fit the architecture; names the file."""
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def read_tensors(path: Path) -> StateDict:
+    """All tensors of a safetensors / torch file, without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise WeightFormatError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            raise WeightFormatError(f"{path}: not a readable safetensors file ({error})") from error
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightFormatError(
+            f"{path}: cannot be read as a torch state dict with weights_only=True ({error})"
+        ) from error
+    return unwrap_checkpoint(data, path)
+
+
+def unwrap_checkpoint(data: object, path: Path) -> StateDict:
+    """Find the state dict inside a training checkpoint ({'teacher': ...}, {'model': ...})."""
+    for key in ("teacher", "model", "state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightFormatError(f"{path}: does not hold a state dict of tensors")
+    return dict(data)
+
+
+def read_hf_tensors(directory: Path) -> StateDict:
+    """Tensors of a Hugging Face model directory (single or sharded safetensors, or .bin)."""
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return read_tensors(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        tensors: StateDict = {}
+        for shard in shards:
+            tensors.update(read_tensors(directory / shard))
+        return tensors
+    if (directory / "pytorch_model.bin").is_file():
+        return read_tensors(directory / "pytorch_model.bin")
+    raise WeightFormatError(f"{directory}: no weights file (expected one of {HF_WEIGHT_FILES})")
+
+
+# --------------------------------------------------------------------------- strict matching
+
+
+def check_keys(expected: StateDict, given: StateDict, source: str) -> None:
+    """Raise a readable error when keys or shapes differ."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong_shape = [
+        f"{key}: file {tuple(given[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(given))
+        if given[key].shape != expected[key].shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    parts = []
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", wrong_shape),
+    ):
+        if items:
+            shown = ", ".join(items[:12]) + (
+                f", ... ({len(items) - 12} more)" if len(items) > 12 else ""
+            )
+            parts.append(f"{len(items)} {title}: {shown}")
+    raise WeightFormatError(f"{source}: weights do not match the architecture; " + "; ".join(parts))
+
+
+def expected_state_dict(config: ViTConfig) -> StateDict:
+    """Shapes of every parameter of a ViT with this config, on the meta device."""
+    from raddino.models.vit import VisionTransformer
+
+    with torch.device("meta"):
+        return VisionTransformer(config).state_dict()
+
+
+# --------------------------------------------------------------------------- official DINOv2
+
+_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
+def normalize_dinov2_keys(tensors: StateDict) -> StateDict:
+    """Strip training prefixes (``backbone.``, ``module.``) and block chunks (``blocks.c.i.``).
+
+    Keys of the DINO/iBOT heads are dropped: they are not part of the backbone.
+    """
+    out: StateDict = {}
+    for key, value in tensors.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        if key.startswith(("dino_head.", "ibot_head.", "head.")):
+            continue
+        out[_CHUNKED_BLOCK.sub(r"blocks.\1.", key)] = value
+    return out
+
+
+def infer_dinov2_config(tensors: StateDict, source: str, **overrides) -> ViTConfig:
+    """Architecture from the shapes of an official state dict (heads = dim / 64, as in DINOv2)."""
+    try:
+        dim = tensors["cls_token"].shape[-1]
+        patch = tensors["patch_embed.proj.weight"].shape[-1]
+        in_chans = tensors["patch_embed.proj.weight"].shape[1]
+        positions = tensors["pos_embed"].shape[1] - 1
+    except KeyError as error:
+        raise WeightFormatError(
+            f"{source}: not an official DINOv2 backbone state dict (no {error.args[0]!r})"
+        ) from error
+    side = round(positions**0.5)
+    if side * side != positions:
+        raise WeightFormatError(f"{source}: pos_embed holds {positions} patches, not a square grid")
+    depth = 1 + max(
+        (int(m.group(1)) for k in tensors if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1
+    )
+    if depth == 0:
+        raise WeightFormatError(f"{source}: no transformer blocks (keys 'blocks.N.*') found")
+    swiglu = "blocks.0.mlp.w12.weight" in tensors
+    if swiglu:
+        hidden = tensors["blocks.0.mlp.w3.weight"].shape[1]
+        mlp_ratio = next(
+            r / 4 for r in range(1, 65) if (int(dim * r / 4 * 2 / 3) + 7) // 8 * 8 == hidden
+        )
+    else:
+        mlp_ratio = tensors["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    registers = tensors["register_tokens"].shape[1] if "register_tokens" in tensors else 0
+    offset, antialias = _OFFICIAL_INTERPOLATION[registers > 0]
+    fields = dict(
+        image_size=side * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=max(dim // 64, 1),
+        mlp_ratio=mlp_ratio,
+        qkv_bias="blocks.0.attn.qkv.bias" in tensors,
+        ffn="swiglu" if swiglu else "mlp",
+        layerscale_init=1.0 if "blocks.0.ls1.gamma" in tensors else None,
+        num_register_tokens=registers,
+        interpolate_offset=offset,
+        interpolate_antialias=antialias,
+    )
+    fields.update(overrides)
+    return ViTConfig(**fields)
+
+
+def load_dinov2_file(path: Path, **overrides) -> tuple[ViTConfig, StateDict]:
+    """Read an official DINOv2 backbone file (RAD-DINO's ``backbone_compatible.safetensors``)."""
+    tensors = normalize_dinov2_keys(read_tensors(path))
+    config = infer_dinov2_config(tensors, str(path), **overrides)
+    expected = expected_state_dict(config)
+    if "mask_token" not in tensors and "mask_token" in expected:
+        tensors["mask_token"] = torch.zeros(expected["mask_token"].shape)
+    check_keys(expected, tensors, str(path))
+    return config, tensors
+
+
+def save_dinov2_file(state: StateDict, path: Path) -> None:
+    """Write an official-format backbone file (.safetensors, or .pth readable with weights_only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    if path.suffix == ".safetensors":
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    elif path.suffix in (".pth", ".pt"):
+        torch.save(tensors, str(path))
+    else:
+        raise WeightFormatError(
+            f"{path}: use a .safetensors or .pth file name for the DINOv2 format"
+        )
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+_HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+_HF_RENAMES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.mask_token$", "mask_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.register_tokens$", "register_tokens"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.norm([12])\.", r"blocks.\1.norm\2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
+    (r"^encoder\.layer\.(\d+)\.mlp\.fc([12])\.", r"blocks.\1.mlp.fc\2."),
+    (r"^encoder\.layer\.(\d+)\.mlp\.weights_in\.", r"blocks.\1.mlp.w12."),
+    (r"^encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"blocks.\1.mlp.w3."),
+    (r"^encoder\.layer\.(\d+)\.mlp\.down_proj\.", r"blocks.\1.mlp.w3."),
+    (r"^layernorm\.", "norm."),
+]
+_HF_QKV = re.compile(
+    r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$"
+)
+_HF_GATE_UP = re.compile(r"^encoder\.layer\.(\d+)\.mlp\.(gate_proj|up_proj)\.(weight|bias)$")
+
+
+def vit_config_from_hf(hf: dict, source: str) -> ViTConfig:
+    """ViTConfig from a transformers Dinov2 / Dinov2WithRegisters ``config.json`` dict."""
+    model_type = hf.get("model_type")
+    if model_type not in _HF_MODEL_TYPES:
+        raise WeightFormatError(
+            f"{source}: model_type {model_type!r} is not a DINOv2 model "
+            f"(expected one of {_HF_MODEL_TYPES})"
+        )
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise WeightFormatError(
+            f"{source}: hidden_act={hf['hidden_act']!r} unsupported (gelu only)"
+        )
+    registers = (
+        int(hf.get("num_register_tokens", 0)) if model_type == "dinov2_with_registers" else 0
+    )
+    try:
+        return ViTConfig(
+            image_size=int(hf.get("image_size", 224)),
+            patch_size=int(hf.get("patch_size", 14)),
+            in_chans=int(hf.get("num_channels", 3)),
+            embed_dim=int(hf["hidden_size"]),
+            depth=int(hf["num_hidden_layers"]),
+            num_heads=int(hf["num_attention_heads"]),
+            mlp_ratio=float(hf.get("mlp_ratio", 4)),
+            qkv_bias=bool(hf.get("qkv_bias", True)),
+            ffn="swiglu" if hf.get("use_swiglu_ffn", False) else "mlp",
+            layerscale_init=float(hf.get("layerscale_value", 1.0)),
+            num_register_tokens=registers,
+            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-6)),
+            # transformers resamples to the exact grid; the register variant antialiases.
+            interpolate_offset=0.0,
+            interpolate_antialias=registers > 0,
+        )
+    except KeyError as error:
+        raise WeightFormatError(f"{source}: config.json lacks {error.args[0]!r}") from error
+    except ValueError as error:
+        raise WeightFormatError(f"{source}: {error}") from error
+
+
+def hf_to_dinov2(tensors: StateDict) -> StateDict:
+    """Rename Hugging Face Dinov2 keys to official ones; fuse q/k/v and gate/up projections."""
+    out: StateDict = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    gate_up: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        for prefix in ("dinov2.", "dinov2_with_registers."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        if key.startswith("classifier."):
+            continue
+        if match := _HF_QKV.match(key):
+            qkv.setdefault((match[1], match[3]), {})[match[2]] = value
+            continue
+        if match := _HF_GATE_UP.match(key):
+            gate_up.setdefault((match[1], match[3]), {})[match[2]] = value
+            continue
+        for pattern, replacement in _HF_RENAMES:
+            new_key, count = re.subn(pattern, replacement, key)
+            if count:
+                key = new_key
+                break
+        out[key] = value
+    for (layer, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise WeightFormatError(
+                f"layer {layer}: incomplete query/key/value {kind} ({sorted(parts)})"
+            )
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]], dim=0
+        )
+    for (layer, kind), parts in gate_up.items():
+        if set(parts) != {"gate_proj", "up_proj"}:
+            raise WeightFormatError(f"layer {layer}: incomplete SwiGLU gate/up {kind}")
+        out[f"blocks.{layer}.mlp.w12.{kind}"] = torch.cat(
+            [parts["gate_proj"], parts["up_proj"]], dim=0
+        )
+    return out
+
+
+def dinov2_to_hf(state: StateDict, config: ViTConfig) -> StateDict:
+    """Official keys -> transformers Dinov2Model keys (the inverse of :func:`hf_to_dinov2`)."""
+    dim = config.embed_dim
+    out: StateDict = {}
+    for key, value in state.items():
+        value = value.detach().cpu().contiguous()
+        if match := re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key):
+            layer, kind = match.groups()
+            for name, part in zip(("query", "key", "value"), value.split(dim, dim=0), strict=True):
+                out[f"encoder.layer.{layer}.attention.attention.{name}.{kind}"] = part.contiguous()
+            continue
+        if match := re.match(r"^blocks\.(\d+)\.mlp\.w12\.(weight|bias)$", key):
+            layer, kind = match.groups()
+            gate, up = value.chunk(2, dim=0)
+            out[f"encoder.layer.{layer}.mlp.gate_proj.{kind}"] = gate.contiguous()
+            out[f"encoder.layer.{layer}.mlp.up_proj.{kind}"] = up.contiguous()
+            continue
+        out[_dinov2_key_to_hf(key)] = value
+    if config.layerscale_init is None:  # transformers always has LayerScale: identity = ones
+        for layer in range(config.depth):
+            for index in (1, 2):
+                out[f"encoder.layer.{layer}.layer_scale{index}.lambda1"] = torch.ones(dim)
+    return out
+
+
+def _dinov2_key_to_hf(key: str) -> str:
+    inverse = [
+        (r"^cls_token$", "embeddings.cls_token"),
+        (r"^mask_token$", "embeddings.mask_token"),
+        (r"^pos_embed$", "embeddings.position_embeddings"),
+        (r"^register_tokens$", "embeddings.register_tokens"),
+        (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+        (r"^blocks\.(\d+)\.norm([12])\.", r"encoder.layer.\1.norm\2."),
+        (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.output.dense."),
+        (r"^blocks\.(\d+)\.ls([12])\.gamma$", r"encoder.layer.\1.layer_scale\2.lambda1"),
+        (r"^blocks\.(\d+)\.mlp\.fc([12])\.", r"encoder.layer.\1.mlp.fc\2."),
+        (r"^blocks\.(\d+)\.mlp\.w3\.", r"encoder.layer.\1.mlp.down_proj."),
+        (r"^norm\.", "layernorm."),
+    ]
+    for pattern, replacement in inverse:
+        new_key, count = re.subn(pattern, replacement, key)
+        if count:
+            return new_key
+    raise WeightFormatError(f"no Hugging Face name for parameter {key!r}")
+
+
+def hf_config_dict(config: ViTConfig) -> dict:
+    """A transformers ``config.json`` dict for this architecture."""
+    registers = config.num_register_tokens > 0
+    data = {
+        "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
+        "model_type": "dinov2_with_registers" if registers else "dinov2",
+        "hidden_size": config.embed_dim,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "mlp_ratio": int(config.mlp_ratio)
+        if float(config.mlp_ratio).is_integer()
+        else config.mlp_ratio,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": config.layer_norm_eps,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "num_channels": config.in_chans,
+        "qkv_bias": config.qkv_bias,
+        "layerscale_value": config.layerscale_init or 1.0,
+        "drop_path_rate": config.drop_path_rate,
+        "use_swiglu_ffn": config.ffn == "swiglu",
+        "torch_dtype": "float32",
+    }
+    if registers:
+        data["num_register_tokens"] = config.num_register_tokens
+    else:
+        data["use_mask_token"] = True
+    return data
+
+
+def load_hf_directory(directory: Path) -> tuple[ViTConfig, StateDict, PreprocessConfig | None]:
+    """Read a Hugging Face Dinov2 directory: architecture, weights (official names), processor."""
+    config_path = directory / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise WeightFormatError(f"{config_path}: unreadable config ({error})") from error
+    config = vit_config_from_hf(hf, str(config_path))
+    tensors = hf_to_dinov2(read_hf_tensors(directory))
+    expected = expected_state_dict(config)
+    if "mask_token" not in tensors and "mask_token" in expected:
+        tensors["mask_token"] = torch.zeros(expected["mask_token"].shape)
+    check_keys(expected, tensors, str(directory))
+    processor_path = directory / "preprocessor_config.json"
+    preprocess = PreprocessConfig.from_file(processor_path) if processor_path.is_file() else None
+    return config, tensors, preprocess
+
+
+def save_hf_directory(
+    state: StateDict, config: ViTConfig, preprocess: PreprocessConfig, directory: Path
+) -> None:
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2) + "\n")
+    save_file(
+        dinov2_to_hf(state, config), str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(preprocess.to_hf_dict(), indent=2) + "\n"
+    )
+
+
+def detect_format(path: Path) -> str:
+    """'hf' for a Hugging Face directory, 'dinov2' for a state-dict file."""
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise WeightFormatError(
+            f"{path}: not a model directory (no config.json; found {found}). Pass a Hugging Face "
+            "Dinov2 directory or an official DINOv2 .safetensors/.pth file"
+        )
+    if path.is_file():
+        if path.suffix in DINOV2_SUFFIXES:
+            return "dinov2"
+        raise WeightFormatError(f"{path}: unknown weights file type (use one of {DINOV2_SUFFIXES})")
+    raise WeightFormatError(f"{path}: no such file or directory")
