@@ -1,0 +1,36 @@
+"""``raddino``: one sub-command per module in this package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from raddino import __version__
+from raddino.cli import encode, export
+
+COMMANDS = (encode, export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raddino",
+        description="RAD-DINO image encoders for radiographs.",
+    )
+    parser.add_argument("--version", action="version", version=f"raddino {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to continue", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as error:
+        print(f"raddino {args.command}: error: {error}", file=sys.stderr)
+        return 2

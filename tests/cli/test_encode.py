@@ -1,0 +1,187 @@
+"""``raddino encode``: good files encoded, bad files listed, resumable after kill -9."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raddino import load_features
+from raddino.cli.main import main
+from raddino.models.encoder import RadDino
+from tests.conftest import synthetic_radiograph
+
+
+def add_bad_files(folder: Path) -> dict[str, str]:
+    """Unreadable files of several kinds; returns name -> expected reason fragment."""
+    good = folder / "img0.png"
+    (folder / "truncated.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.dcm").write_text("this is not a DICOM file\n")
+    return {"truncated.png": "", "empty.png": "empty", "notes.dcm": ""}
+
+
+def read_rejects(store: Path) -> dict[str, str]:
+    with (store / "rejects.csv").open(newline="") as handle:
+        return {Path(row["path"]).name: row["reason"] for row in csv.DictReader(handle)}
+
+
+def test_folder_with_good_and_bad_files(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
+):
+    bad = add_bad_files(image_folder)
+    out = tmp_path / "store"
+    code = main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
+                 "--workers", "0", "--batch-size", "2", "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "encoded 5 of 8 images, rejected 3" in printed
+    features = load_features(out)
+    names = [Path(p).name for p in features.paths]
+    assert names == [f"img{i}.png" for i in range(5)]
+    rejects = read_rejects(out)
+    assert set(rejects) == set(bad)
+    assert "empty" in rejects["empty.png"].lower()
+    expected = RadDino.from_pretrained(small_hf_dir).extract_cls_token(features.paths)
+    assert np.allclose(features.cls, expected.numpy(), atol=1e-5)
+    assert features.patches is None
+
+
+def test_patch_tokens_and_layers_are_stored(image_folder: Path, small_hf_dir: Path, tmp_path: Path):
+    out = tmp_path / "store"
+    code = main(["encode", str(image_folder / "img1.png"), str(image_folder / "img2.png"),
+                 "--model", str(small_hf_dir), "--out", str(out), "--workers", "1",
+                 "--patch-tokens", "full", "--layers", "0,-1", "--no-progress"])  # fmt: skip
+    assert code == 0
+    features = load_features(out)
+    model = RadDino.from_pretrained(small_hf_dir)
+    cls, patches = model.extract_features(features.paths)
+    assert features.patches.shape == (2, 64, 37, 37)
+    assert np.allclose(np.asarray(features.patches), patches.numpy(), atol=1e-5)
+    assert sorted(features.layers) == [0, 1]
+    assert np.allclose(features.layers[1].cls, cls.numpy(), atol=1e-5)
+    assert features.layers[0].patches.shape == (2, 64, 37, 37)
+
+
+def test_pooled_patch_tokens_are_the_mean(image_folder: Path, small_hf_dir: Path, tmp_path: Path):
+    out = tmp_path / "store"
+    main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
+          "--workers", "0", "--patch-tokens", "pooled", "--no-progress"])  # fmt: skip
+    features = load_features(out)
+    patches = RadDino.from_pretrained(small_hf_dir).extract_patch_tokens(features.paths)
+    assert np.allclose(features.patch_mean, patches.mean(dim=(2, 3)).numpy(), atol=1e-5)
+
+
+def test_manifest_csv_input_resolves_relative_paths(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path
+):
+    manifest = image_folder / "manifest.csv"
+    manifest.write_text("path,label\nimg3.png,1\nimg1.png,0\n")
+    out = tmp_path / "store"
+    assert main(["encode", str(manifest), "--model", str(small_hf_dir), "--out", str(out),
+                 "--workers", "0", "--no-progress"]) == 0  # fmt: skip
+    assert [Path(p).name for p in load_features(out).paths] == ["img3.png", "img1.png"]
+
+
+def test_nothing_encodable_gives_nonzero_exit(small_hf_dir: Path, tmp_path: Path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "b.dcm").write_text("nope")
+    code = main(["encode", str(folder), "--model", str(small_hf_dir), "--out", str(tmp_path / "s"),
+                 "--workers", "0", "--no-progress"])  # fmt: skip
+    assert code == 1
+    assert set(read_rejects(tmp_path / "s")) == {"a.png", "b.dcm"}
+
+
+def test_resuming_with_another_model_is_refused(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
+):
+    from tests.conftest import SMALL_HF_CONFIG, make_hf_model
+
+    other = make_hf_model(tmp_path / "other", seed=1, **dict(SMALL_HF_CONFIG, hidden_size=32))
+    out = tmp_path / "store"
+    args = [str(image_folder / "img0.png"), "--out", str(out), "--workers", "0", "--no-progress"]
+    assert main(["encode", *args, "--model", str(small_hf_dir)]) == 0
+    assert main(["encode", *args, "--model", str(other)]) == 2
+    assert "model" in capsys.readouterr().err
+
+
+def test_bad_model_path_is_a_clear_error(image_folder: Path, tmp_path: Path, capsys):
+    code = main(["encode", str(image_folder), "--model", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "s"), "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert "missing: no such file or directory" in capsys.readouterr().err
+
+
+def run_encode(folder: Path, model: Path, out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "raddino", "encode", str(folder), "--model", str(model),
+               "--out", str(out), "--workers", "0", "--batch-size", "1", "--shard-size", "1",
+               "--no-progress"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finished_shards(store: Path) -> int:
+    shards = store / "shards"
+    return (
+        len([p for p in shards.iterdir() if not p.name.startswith(".")]) if shards.is_dir() else 0
+    )
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(small_hf_dir: Path, tmp_path: Path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(24):
+        Image.fromarray(synthetic_radiograph(1400, 1200, seed=index)).save(
+            folder / f"{index:02d}.png"
+        )
+    (folder / "00b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+
+    reference = tmp_path / "reference"
+    assert run_encode(folder, small_hf_dir, reference).wait(timeout=300) == 0
+
+    killed = tmp_path / "killed"
+    process = run_encode(folder, small_hf_dir, killed)
+    deadline = time.monotonic() + 120
+    while finished_shards(killed) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "index.csv").exists()
+    assert 3 <= finished_shards(killed) < 24
+
+    assert run_encode(folder, small_hf_dir, killed).wait(timeout=300) == 0
+    expected, resumed = load_features(reference), load_features(killed)
+    assert resumed.paths == expected.paths and len(resumed.paths) == 24
+    assert np.array_equal(resumed.cls, expected.cls)
+    assert read_rejects(killed) == read_rejects(reference) and set(read_rejects(killed)) == {
+        "00b_broken.png"
+    }
+
+
+@pytest.mark.parametrize("argv", [["encode", "--help"], ["--help"], ["export", "--help"]])
+def test_help_describes_the_commands(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert "usage: raddino" in capsys.readouterr().out
+
+
+def test_export_command_writes_both_formats(small_hf_dir: Path, tmp_path: Path):
+    assert main(["export", "--model", str(small_hf_dir), "--out", str(tmp_path / "b.safetensors"),
+                 "--format", "dinov2"]) == 0  # fmt: skip
+    again = RadDino.from_pretrained(tmp_path / "b.safetensors")
+    assert torch.equal(
+        again.backbone.pos_embed, RadDino.from_pretrained(small_hf_dir).backbone.pos_embed
+    )
