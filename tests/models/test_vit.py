@@ -129,3 +129,19 @@ def test_invalid_config_names_the_key(key, value):
 def test_layer_index_out_of_range_is_refused():
     with pytest.raises(ValueError, match="out of range"):
         tiny()(torch.randn(1, 3, 56, 56), layers=[3])
+
+
+@pytest.mark.parametrize("ffn", ["mlp", "swiglu"])
+def test_inference_fast_path_equals_the_autograd_path(ffn):
+    """Without autograd, blocks reuse fresh buffers in place; results must not change."""
+    model = tiny(ffn=ffn)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ls1.gamma.normal_()
+            block.ls2.gamma.normal_()
+    images = torch.randn(2, 3, 56, 56)
+    with_grad = model(images, layers=[0, 1])
+    with torch.inference_mode():
+        without = model(images, layers=[0, 1])
+    assert torch.allclose(with_grad.cls, without.cls, atol=1e-6)
+    assert torch.allclose(with_grad.layers[0], without.layers[0], atol=1e-6)

@@ -38,6 +38,7 @@ __all__ = [
     "MissingPixelDataError",
     "UnsupportedImageError",
     "is_image_file",
+    "pil_to_array",
     "read_image",
     "to_uint8",
 ]
@@ -143,8 +144,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     """Decode one radiograph into a contiguous array.
 
     Returns (H, W) for grey or (H, W, 3) for colour images:
-    - uint8 for 8-bit PNG/JPEG: 1-bit images become 0/255, palette images RGB, alpha is dropped
-      without compositing, and Pillow reduces 16-bit colour PNGs to 8-bit RGB;
+    - uint8 for 8-bit PNG/JPEG: 1-bit images become 0/255, palette images RGB, transparency is
+      composited onto white (as transformers does), and Pillow reduces 16-bit colour PNGs to
+      8-bit RGB;
     - uint16 for 16-bit grey PNG;
     - float32 for DICOM, after the modality LUT and VOI LUT/window, with MONOCHROME1 inverted
       so that bright means dense.

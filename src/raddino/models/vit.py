@@ -133,7 +133,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        hidden = self.fc1(x)
+        # Without autograd, GELU can overwrite fc1's fresh output instead of allocating.
+        hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+        return self.fc2(hidden)
 
 
 class SwiGLUFFN(nn.Module):
@@ -146,7 +149,9 @@ class SwiGLUFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(gate) * up)
+        if torch.is_grad_enabled():
+            return self.w3(F.silu(gate) * up)
+        return self.w3(F.silu(gate, inplace=True).mul_(up))  # reuse w12's fresh output
 
 
 class LayerScale(nn.Module):
@@ -184,8 +189,17 @@ class Block(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.ls1(self.attn(self.norm1(x))), self.drop_path_rate, self.training)
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path_rate, self.training)
+        x = self.residual(x, self.attn(self.norm1(x)), self.ls1)
+        return self.residual(x, self.mlp(self.norm2(x)), self.ls2)
+
+    def residual(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Module) -> torch.Tensor:
+        """x + drop_path(scale(branch)); one fused ``addcmul`` pass when nothing is dropped."""
+        if isinstance(scale, LayerScale) and not (self.training and self.drop_path_rate):
+            if torch.is_grad_enabled():
+                return torch.addcmul(x, branch, scale.gamma)
+            # Without autograd the fresh branch tensor can hold the result: no new allocation.
+            return torch.addcmul(x, branch, scale.gamma, out=branch)
+        return x + drop_path(scale(branch), self.drop_path_rate, self.training)
 
 
 @dataclass
