@@ -21,16 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-RAD_DINO_CONFIG = dict(
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    mlp_ratio=4,
-    image_size=518,
-    patch_size=14,
-    layerscale_value=1.0,
-)
-
 
 def images_per_second(
     run_batch: Callable[[torch.Tensor], object], pixels: torch.Tensor, batch: int
@@ -82,11 +72,12 @@ def main() -> None:
 
     from raddino.features.encode import EncodeOptions, encode_to_store
     from raddino.models.encoder import RadDino
+    from raddino.models.formats import RAD_DINO_HF_CONFIG
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        Dinov2Model(Dinov2Config(**RAD_DINO_CONFIG)).save_pretrained(tmp / "model")
+        Dinov2Model(Dinov2Config(**RAD_DINO_HF_CONFIG)).save_pretrained(tmp / "model")
         reference = Dinov2Model.from_pretrained(tmp / "model").eval()
         model = RadDino.from_pretrained(tmp / "model")
 

@@ -9,19 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-# RAD-DINO's released config.json (microsoft/rad-dino): ViT-B/14 at 518 px.
-RAD_DINO_HF_CONFIG = dict(
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    mlp_ratio=4,
-    image_size=518,
-    patch_size=14,
-    layerscale_value=1.0,
-    qkv_bias=True,
-    layer_norm_eps=1e-6,
-    use_swiglu_ffn=False,
-)
+from raddino.models.formats import RAD_DINO_HF_CONFIG
+
 SMALL_HF_CONFIG = dict(
     RAD_DINO_HF_CONFIG, hidden_size=64, num_hidden_layers=2, num_attention_heads=4
 )

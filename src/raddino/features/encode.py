@@ -154,8 +154,13 @@ def encode_to_store(
     options: EncodeOptions,
     model_id: str = "",
 ) -> StoreSummary:
-    """Encode ``paths`` into the store at ``out_dir`` (resuming it when it exists)."""
+    """Encode ``paths`` into the store at ``out_dir`` (resuming it when it exists).
+
+    The model is moved to ``options.device`` and cast to the resolved dtype in place.
+    """
     device = torch.device(options.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {options.device}: CUDA is not available on this machine")
     dtype = resolve_dtype(options.dtype, device)
     model = model.to(device=device, dtype=dtype).eval()
     layers = model.backbone.resolve_layers(options.layers)

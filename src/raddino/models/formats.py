@@ -10,6 +10,7 @@ Nothing here unpickles: safetensors everywhere, ``.pth``/``.bin`` through
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -215,21 +216,57 @@ def save_dinov2_file(state: StateDict, path: Path) -> None:
 # --------------------------------------------------------------------------- Hugging Face
 
 _HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
-_HF_RENAMES = [
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.mask_token$", "mask_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.register_tokens$", "register_tokens"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^encoder\.layer\.(\d+)\.norm([12])\.", r"blocks.\1.norm\2."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
-    (r"^encoder\.layer\.(\d+)\.mlp\.fc([12])\.", r"blocks.\1.mlp.fc\2."),
-    (r"^encoder\.layer\.(\d+)\.mlp\.weights_in\.", r"blocks.\1.mlp.w12."),
-    (r"^encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"blocks.\1.mlp.w3."),
-    (r"^encoder\.layer\.(\d+)\.mlp\.down_proj\.", r"blocks.\1.mlp.w3."),
-    (r"^layernorm\.", "norm."),
+# The architecture fields of microsoft/rad-dino's config.json (a transformers Dinov2Config).
+RAD_DINO_HF_CONFIG = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "mlp_ratio": 4,
+    "image_size": 518,
+    "patch_size": 14,
+    "layerscale_value": 1.0,
+    "qkv_bias": True,
+    "layer_norm_eps": 1e-6,
+    "use_swiglu_ffn": False,
+}
+# Official name <-> Hugging Face name. {i}: block index, {n}: 1 or 2. A name ending in "." is a
+# prefix (".weight"/".bias" follow); the others are whole names.
+_NAME_PAIRS = [
+    ("cls_token", "embeddings.cls_token"),
+    ("mask_token", "embeddings.mask_token"),
+    ("pos_embed", "embeddings.position_embeddings"),
+    ("register_tokens", "embeddings.register_tokens"),
+    ("patch_embed.proj.", "embeddings.patch_embeddings.projection."),
+    ("blocks.{i}.norm{n}.", "encoder.layer.{i}.norm{n}."),
+    ("blocks.{i}.attn.proj.", "encoder.layer.{i}.attention.output.dense."),
+    ("blocks.{i}.ls{n}.gamma", "encoder.layer.{i}.layer_scale{n}.lambda1"),
+    ("blocks.{i}.mlp.fc{n}.", "encoder.layer.{i}.mlp.fc{n}."),
+    ("blocks.{i}.mlp.w3.", "encoder.layer.{i}.mlp.down_proj."),
+    ("norm.", "layernorm."),
 ]
+# Names of older transformers releases (SwiGLU as one fused input layer): read, never written.
+_LEGACY_HF_NAMES = [
+    ("blocks.{i}.mlp.w12.", "encoder.layer.{i}.mlp.weights_in."),
+    ("blocks.{i}.mlp.w3.", "encoder.layer.{i}.mlp.weights_out."),
+]
+HF_TO_DINOV2 = [(hf, official) for official, hf in _NAME_PAIRS + _LEGACY_HF_NAMES]
+DINOV2_TO_HF = _NAME_PAIRS
+
+
+@functools.cache
+def _template_pattern(template: str) -> re.Pattern[str]:
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{n\}", r"(?P<n>[12])")
+    return re.compile("^" + pattern + ("" if template.endswith(".") else "$"))
+
+
+def rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
+    """``key`` renamed by the first matching (source, target) template pair, or None."""
+    for source, target in pairs:
+        if match := _template_pattern(source).match(key):
+            return target.format(**match.groupdict()) + key[match.end() :]
+    return None
+
+
 _HF_QKV = re.compile(
     r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$"
 )
@@ -292,12 +329,7 @@ def hf_to_dinov2(tensors: StateDict) -> StateDict:
         if match := _HF_GATE_UP.match(key):
             gate_up.setdefault((match[1], match[3]), {})[match[2]] = value
             continue
-        for pattern, replacement in _HF_RENAMES:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                key = new_key
-                break
-        out[key] = value
+        out[rename(key, HF_TO_DINOV2) or key] = value
     for (layer, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             raise WeightFormatError(
@@ -341,24 +373,10 @@ def dinov2_to_hf(state: StateDict, config: ViTConfig) -> StateDict:
 
 
 def _dinov2_key_to_hf(key: str) -> str:
-    inverse = [
-        (r"^cls_token$", "embeddings.cls_token"),
-        (r"^mask_token$", "embeddings.mask_token"),
-        (r"^pos_embed$", "embeddings.position_embeddings"),
-        (r"^register_tokens$", "embeddings.register_tokens"),
-        (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
-        (r"^blocks\.(\d+)\.norm([12])\.", r"encoder.layer.\1.norm\2."),
-        (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.output.dense."),
-        (r"^blocks\.(\d+)\.ls([12])\.gamma$", r"encoder.layer.\1.layer_scale\2.lambda1"),
-        (r"^blocks\.(\d+)\.mlp\.fc([12])\.", r"encoder.layer.\1.mlp.fc\2."),
-        (r"^blocks\.(\d+)\.mlp\.w3\.", r"encoder.layer.\1.mlp.down_proj."),
-        (r"^norm\.", "layernorm."),
-    ]
-    for pattern, replacement in inverse:
-        new_key, count = re.subn(pattern, replacement, key)
-        if count:
-            return new_key
-    raise WeightFormatError(f"no Hugging Face name for parameter {key!r}")
+    renamed = rename(key, DINOV2_TO_HF)
+    if renamed is None:
+        raise WeightFormatError(f"no Hugging Face name for parameter {key!r}")
+    return renamed
 
 
 def hf_config_dict(config: ViTConfig) -> dict:
