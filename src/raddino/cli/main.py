@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, so data-loader worker
+# processes get the cores while the model waits (on 2 cores spinning starved them 10x).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 
 from raddino import __version__
-from raddino.cli import encode, export
+from raddino.cli import compare, data, encode, export, pretrain, probe, segment
 
-COMMANDS = (encode, export)
+COMMANDS = (encode, export, pretrain, probe, segment, compare, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

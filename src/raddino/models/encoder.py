@@ -92,7 +92,8 @@ class RadDino(nn.Module):
         device: str | torch.device = "cpu",
         preprocess_config: PreprocessConfig | None = None,
     ) -> RadDino:
-        """Load a Hugging Face Dinov2 directory or an official DINOv2 state dict.
+        """Load a Hugging Face Dinov2 directory, an official DINOv2 state dict or a raddino run
+        directory (its latest checkpoint's teacher backbone).
 
         An HF directory's ``preprocessor_config.json`` sets the preprocessing; otherwise (and
         for official files) RAD-DINO's processor is used unless ``preprocess_config`` is given.
@@ -101,6 +102,8 @@ class RadDino(nn.Module):
         kind = formats.detect_format(path)
         if kind == "hf":
             config, state, stored = formats.load_hf_directory(path)
+        elif kind == "run":
+            config, state, stored = formats.load_run_directory(path)
         else:
             config, state = formats.load_dinov2_file(path)
             stored = None

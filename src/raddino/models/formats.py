@@ -444,15 +444,71 @@ def save_hf_directory(
     )
 
 
+# --------------------------------------------------------------------------- run directories
+
+
+def is_run_directory(path: Path) -> bool:
+    """A raddino pre-training run: ``config.yaml`` and a ``checkpoints/`` folder."""
+    return path.is_dir() and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
+
+
+def latest_run_checkpoint(run_dir: Path) -> Path:
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in (run_dir / "checkpoints").iterdir()
+        if (m := re.match(r"^step_(\d+)\.pt$", p.name))
+    )
+    if not found:
+        raise WeightFormatError(f"{run_dir}: the run has no checkpoint yet")
+    return found[-1][1]
+
+
+def _read_run_state(run_dir: Path) -> dict:
+    path = latest_run_checkpoint(run_dir)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightFormatError(f"{path}: unreadable checkpoint ({error})") from error
+
+
+def load_run_directory(run_dir: Path) -> tuple[ViTConfig, StateDict, PreprocessConfig]:
+    """The teacher backbone of a run's latest checkpoint (what DINOv2 releases), and a
+    processor at the run's final global-crop size with RAD-DINO's normalisation."""
+    state = _read_run_state(run_dir)
+    crops = state.get("config", {}).get("crops", {})
+    size = crops.get("high_res_size") or crops.get("global_size") or 518
+    preprocess = PreprocessConfig(shortest_edge=size, crop_height=size, crop_width=size)
+    try:
+        config = ViTConfig(**state["backbone_config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise WeightFormatError(f"{run_dir}: checkpoint lacks a valid backbone config") from error
+    prefix = "teacher.backbone."
+    tensors = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    check_keys(expected_state_dict(config), tensors, str(run_dir))
+    return config, tensors, preprocess
+
+
+def load_run_head(run_dir: Path) -> StateDict:
+    """The teacher's DINO head of a run's latest checkpoint, in the official key layout."""
+    prefix = "teacher.dino_head."
+    return {
+        k[len(prefix) :]: v
+        for k, v in _read_run_state(run_dir)["model"].items()
+        if k.startswith(prefix)
+    }
+
+
 def detect_format(path: Path) -> str:
-    """'hf' for a Hugging Face directory, 'dinov2' for a state-dict file."""
+    """'run' for a raddino run, 'hf' for a Hugging Face directory, 'dinov2' for a file."""
     if path.is_dir():
+        if is_run_directory(path):
+            return "run"
         if (path / "config.json").is_file():
             return "hf"
         found = sorted(p.name for p in path.iterdir())[:10]
         raise WeightFormatError(
             f"{path}: not a model directory (no config.json; found {found}). Pass a Hugging Face "
-            "Dinov2 directory or an official DINOv2 .safetensors/.pth file"
+            "Dinov2 directory, a raddino run directory or an official DINOv2 .safetensors/.pth file"
         )
     if path.is_file():
         if path.suffix in DINOV2_SUFFIXES:

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 FfnKind = Literal["mlp", "swiglu"]
 
@@ -242,6 +243,7 @@ class VisionTransformer(nn.Module):
             Block(config, config.drop_path_rate) for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.grad_checkpointing = False  # recompute block activations in backward to save memory
         self.reset_parameters()
 
     @property
@@ -343,8 +345,9 @@ class VisionTransformer(nn.Module):
         x = self.prepare_tokens(images, masks)
         intermediate: dict[int, torch.Tensor] = {}
         last = len(self.blocks) - 1
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if index in wanted and index != last:
                 intermediate[index] = self.norm(x)
         x = self.norm(x)

@@ -1,0 +1,61 @@
+"""``raddino pretrain``: self-supervised pre-training (DINO + iBOT + KoLeo) into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "pre-train an encoder on unlabelled images (the RAD-DINO / DINOv2 recipe)"
+EPILOG = """examples:
+  raddino pretrain --config configs/tiny_cpu.yaml --data images/ --out runs/tiny
+  raddino pretrain --config configs/tiny_cpu.yaml train.steps=500 optim.base_lr=2e-3 \\
+      --data manifest.csv --out runs/tiny --resume
+  torchrun --nproc-per-node 4 -m raddino pretrain --config configs/vitb14_cxr.yaml \\
+      --data manifest.csv --out runs/vitb14
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help=HELP,
+        description=HELP + ". Runs unchanged under torchrun (DDP).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--config", help="YAML preset (see configs/); defaults apply without one")
+    parser.add_argument(
+        "--data", required=True, action="append", help="images: folder, file or manifest .csv"
+    )
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from raddino.ssl import distributed
+    from raddino.ssl.config import load_config
+    from raddino.ssl.trainer import TrainingDivergedError, pretrain
+
+    config = load_config(args.config, args.overrides)
+    try:
+        summary = pretrain(
+            config, args.data, args.out, resume=args.resume, progress=not args.no_progress
+        )
+    except TrainingDivergedError as error:
+        print(f"raddino pretrain: {error}", file=sys.stderr)
+        return 3
+    finally:
+        distributed.shutdown()
+    if summary.start_step < summary.end_step:
+        loss = summary.last_metrics.get("loss", float("nan"))
+        print(
+            f"trained steps {summary.start_step} -> {summary.end_step} in {summary.seconds:.0f} s,"
+            f" final loss {loss:.4f}"
+        )
+    else:
+        print(f"nothing to do: the run already reached step {summary.end_step}")
+    print(f"run directory: {args.out}")
+    return 0

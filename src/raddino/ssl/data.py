@@ -1,0 +1,143 @@
+"""Pre-training data: a deterministic stream of augmented samples.
+
+Sample ``g`` of the run (``g = step * global_batch + k``) is image ``perm(epoch)[g % N]`` with
+``epoch = g // N``, augmented with a generator seeded by ``(seed, g)``. Everything is a function
+of ``g``, so the data position in a checkpoint is just the step, a resumed run sees exactly the
+images and crops it would have seen, and 1 process with batch 2b sees what 2 processes with
+batch b see together. Process ``rank`` takes samples ``k`` in ``[rank * b, (rank + 1) * b)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from raddino.data.io import ImageReadError, read_image, to_uint8
+from raddino.ssl.augment import MultiCrop
+from raddino.ssl.config import CropSection
+
+
+def permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The image order of one epoch (N,)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def grey_uint8(path: str, max_side: int) -> torch.Tensor:
+    """Decode, scale to uint8, convert colour to grey, shrink the longer side: (1, H, W)."""
+    image = to_uint8(read_image(path), source=path)
+    if image.ndim == 3:  # ITU-R 601 luma, as PIL's convert("L")
+        image = np.rint(image @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
+    height, width = tensor.shape[-2:]
+    if max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        from torchvision.transforms.v2 import functional as TF
+
+        tensor = TF.resize(tensor, size, antialias=True)
+    return tensor
+
+
+class PretrainStream(Dataset):
+    """Map-style dataset indexed by the run's global sample number ``g``."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        crops: CropSection,
+        seed: int,
+        global_batch: int,
+    ) -> None:
+        if not paths:
+            raise ValueError("no images to pre-train on")
+        self.paths = list(paths)
+        self.crops = crops
+        self.seed = seed
+        self.global_batch = global_batch
+        self.augment = MultiCrop(crops)
+        self._epoch = -1
+        self._order = torch.empty(0, dtype=torch.long)
+        self.warned: set[str] = set()
+
+    def __len__(self) -> int:  # the stream is unbounded; the sampler decides what is read
+        return sys.maxsize
+
+    def global_size(self, step: int) -> int:
+        start, size = self.crops.high_res_start_step, self.crops.high_res_size
+        return (
+            size
+            if start is not None and size is not None and step >= start
+            else self.crops.global_size
+        )
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Image order of ``epoch`` (cached: consecutive samples share it)."""
+        if epoch != self._epoch:
+            self._order = permutation(len(self.paths), self.seed, epoch)
+            self._epoch = epoch
+        return self._order
+
+    def load(self, g: int) -> torch.Tensor:
+        """The image of sample ``g``: (1, H, W) uint8. An unreadable file is reported once and
+        replaced, deterministically, by the next image of the epoch's order."""
+        epoch, position = divmod(g, len(self.paths))
+        order = self.order(epoch)
+        for offset in range(len(self.paths)):
+            path = self.paths[int(order[(position + offset) % len(self.paths)])]
+            try:
+                return grey_uint8(path, self.crops.max_source_size)
+            except (ImageReadError, OSError, ValueError) as error:
+                if path not in self.warned:
+                    self.warned.add(path)
+                    print(f"warning: skipping unreadable image {error}", file=sys.stderr)
+        raise RuntimeError("none of the pre-training images could be read")
+
+    def __getitem__(self, g: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * g + 1)
+        crops = self.augment(self.load(g), rng, self.global_size(g // self.global_batch))
+        return crops.globals_, crops.locals_
+
+
+class StreamSampler(Sampler[int]):
+    """This process's sample numbers, step after step, from ``start_step`` to ``end_step``."""
+
+    def __init__(self, start_step: int, end_step: int, batch_size: int, rank: int, world: int):
+        self.start_step, self.end_step = start_step, end_step
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        global_batch = self.batch_size * self.world
+        for step in range(self.start_step, self.end_step):
+            first = step * global_batch + self.rank * self.batch_size
+            yield from range(first, first + self.batch_size)
+
+
+@dataclass
+class CropBatch:
+    """Crop-major stacks: globals (2B, 3, S, S) = [crop 1 of every image, crop 2 of every image],
+    locals (N_local * B, 3, s, s) likewise, or None without local crops."""
+
+    globals_: torch.Tensor
+    locals_: torch.Tensor | None
+
+    def pin_memory(self) -> CropBatch:
+        return CropBatch(
+            self.globals_.pin_memory(),
+            None if self.locals_ is None else self.locals_.pin_memory(),
+        )
+
+
+def collate_crops(samples: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> CropBatch:
+    n_globals, n_locals = len(samples[0][0]), len(samples[0][1])
+    globals_ = torch.stack([s[0][i] for i in range(n_globals) for s in samples])
+    locals_ = torch.stack([s[1][i] for i in range(n_locals) for s in samples]) if n_locals else None
+    return CropBatch(globals_, locals_)

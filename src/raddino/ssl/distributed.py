@@ -1,0 +1,80 @@
+"""Process groups for ``torchrun``: one code path for 1 process, DDP on gloo/NCCL, FSDP on GPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the process group:
+    NCCL on GPUs, gloo on CPUs. Without torchrun: a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda: CUDA is not available on this machine")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    else:
+        target = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=target)
+
+
+def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean over processes of scalar tensors (one collective), as Python floats."""
+    names = sorted(values)
+    stacked = torch.stack([values[name].detach().float().reshape(()) for name in names])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist(), strict=True))
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True if ``flag`` is True on any process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    tensor = torch.tensor(float(flag), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, source: int = 0) -> None:
+    """Copy every parameter and buffer of ``module`` from process ``source`` to all others."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=source)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

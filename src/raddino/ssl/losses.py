@@ -1,0 +1,331 @@
+"""DINOv2 losses and teacher centerings, as pure functions plus one module with explicit state.
+
+* :func:`dino_loss` — cross-entropy between teacher and student prototype distributions of the
+  CLS token, summed over (student crop, teacher crop) pairs (DINOv2 ``DINOLoss.forward``).
+* :class:`SoftmaxCentering` / :func:`sinkhorn_knopp` — the two ways DINOv2 turns teacher logits
+  into targets. The centre is a buffer updated by an explicit call, not a hidden async side effect.
+* :func:`ibot_patch_loss` — masked-patch cross-entropy (DINOv2 ``iBOTPatchLoss.forward_masked``).
+* :func:`koleo_loss` — Kozachenko-Leonenko entropy regulariser on backbone CLS tokens.
+* :func:`teacher_entropy` — a collapse monitor.
+
+Every loss is computed in float32 whatever the input dtype. Cross-process reductions run only
+when ``torch.distributed`` is initialised; single-process use needs no process group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce_sum(tensor: Tensor) -> Tensor:
+    """In-place sum over processes when a process group is initialised; returns ``tensor``."""
+    if _is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def _all_reduce_max(tensor: Tensor) -> Tensor:
+    if _is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def _check_matrix(name: str, tensor: Tensor) -> None:
+    if not isinstance(tensor, Tensor) or tensor.ndim != 2:
+        shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise ValueError(f"{name} must be a 2-D tensor (B, K), got {shape}")
+
+
+def _check_pair(student_name: str, student: Tensor, teacher_name: str, teacher: Tensor) -> None:
+    _check_matrix(student_name, student)
+    _check_matrix(teacher_name, teacher)
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{student_name} {tuple(student.shape)} and {teacher_name} {tuple(teacher.shape)} "
+            "must have the same shape"
+        )
+
+
+def _check_temperature(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+
+
+def _student_log_probs(student_logits: Tensor, student_temp: float) -> Tensor:
+    return F.log_softmax(student_logits.float() / student_temp, dim=-1)
+
+
+def _row_cross_entropy(teacher_probs: Tensor, student_log_probs: Tensor) -> Tensor:
+    """(B, K), (B, K) -> (B,) of -sum_k t_k log s_k."""
+    return -(teacher_probs.float() * student_log_probs).sum(dim=-1)
+
+
+# --------------------------------------------------------------------------- DINO (CLS token)
+
+
+def dino_cross_entropy(
+    student_logits: Tensor, teacher_probs: Tensor, student_temp: float = 0.1
+) -> Tensor:
+    """Mean over rows of ``-sum_k t_k * log_softmax(s / student_temp)_k``.
+
+    ``student_logits``, ``teacher_probs``: (B, K) -> scalar. Computed in float32.
+    """
+    _check_pair("student_logits", student_logits, "teacher_probs", teacher_probs)
+    _check_temperature("student_temp", student_temp)
+    if student_logits.shape[0] == 0:
+        raise ValueError("student_logits must have at least one row")
+    log_probs = _student_log_probs(student_logits, student_temp)
+    return _row_cross_entropy(teacher_probs, log_probs).mean()
+
+
+def dino_loss(
+    student_logits: Sequence[Tensor],
+    teacher_probs: Sequence[Tensor],
+    student_temp: float = 0.1,
+) -> Tensor:
+    """Sum of :func:`dino_cross_entropy` over every (student chunk, teacher chunk) pair.
+
+    This is DINOv2's ``DINOLoss.forward``: a plain sum, the caller divides by the number of
+    terms (18 for 2 global + 8 local crops). Pairing student crop 1 with teacher crop 2 (and not
+    with itself) is the caller's job, by the chunks it passes (DINOv2 swaps the teacher crops).
+    """
+    if isinstance(student_logits, Tensor) or isinstance(teacher_probs, Tensor):
+        raise ValueError(
+            "student_logits and teacher_probs must be sequences of (B, K) tensors, not tensors; "
+            "wrap a single chunk in a list"
+        )
+    if len(student_logits) == 0:
+        raise ValueError("student_logits must hold at least one chunk")
+    if len(teacher_probs) == 0:
+        raise ValueError("teacher_probs must hold at least one chunk")
+    _check_temperature("student_temp", student_temp)
+    total = None
+    for s_index, student in enumerate(student_logits):
+        log_probs = None
+        for t_index, teacher in enumerate(teacher_probs):
+            _check_pair(f"student_logits[{s_index}]", student, f"teacher_probs[{t_index}]", teacher)
+            if student.shape[0] == 0:
+                raise ValueError(f"student_logits[{s_index}] must have at least one row")
+            if log_probs is None:  # one log-softmax per student chunk
+                log_probs = _student_log_probs(student, student_temp)
+            term = _row_cross_entropy(teacher, log_probs).mean()
+            total = term if total is None else total + term
+    return total
+
+
+class SoftmaxCentering(nn.Module):
+    """DINOv2 softmax centering of teacher logits with an explicit, checkpointed centre.
+
+    Buffer ``center`` (1, K) float32, zeros at start (it is in ``state_dict``). Per step::
+
+        targets = centering.teacher_probs(teacher_logits, teacher_temp)  # uses batches <= t-1
+        centering.update(teacher_logits)                                  # then fold in batch t
+
+    DINOv2 applies the update lazily at the start of the next ``softmax_center_teacher`` call
+    (after an async all-reduce); calling :meth:`update` after :meth:`teacher_probs` gives the
+    same effective ordering. One instance per target kind: one for CLS tokens, one for the
+    masked patch tokens (iBOT).
+    """
+
+    center: Tensor
+
+    def __init__(self, n_prototypes: int, momentum: float = 0.9) -> None:
+        super().__init__()
+        if isinstance(n_prototypes, bool) or not isinstance(n_prototypes, int) or n_prototypes < 1:
+            raise ValueError(f"n_prototypes must be a positive integer, got {n_prototypes!r}")
+        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        self.n_prototypes = n_prototypes
+        self.momentum = float(momentum)
+        self.register_buffer("center", torch.zeros(1, n_prototypes, dtype=torch.float32))
+
+    def extra_repr(self) -> str:
+        return f"n_prototypes={self.n_prototypes}, momentum={self.momentum}"
+
+    def _check_logits(self, teacher_logits: Tensor) -> None:
+        _check_matrix("teacher_logits", teacher_logits)
+        if teacher_logits.shape[1] != self.n_prototypes:
+            raise ValueError(
+                f"teacher_logits has {teacher_logits.shape[1]} prototypes, "
+                f"the centre has {self.n_prototypes}"
+            )
+
+    @torch.no_grad()
+    def teacher_probs(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
+        """``softmax((teacher_logits - center) / teacher_temp)``: (B, K) float32, no gradient."""
+        self._check_logits(teacher_logits)
+        _check_temperature("teacher_temp", teacher_temp)
+        return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def update(self, teacher_logits: Tensor) -> None:
+        """``center = m * center + (1 - m) * mean of the rows of all processes``.
+
+        The row sum and the row count are all-reduced together (one call) when torch.distributed
+        is initialised, so uneven per-process batches are weighted by their size. A step in
+        which no process has a row leaves the centre unchanged. Call after :meth:`teacher_probs`.
+        """
+        self._check_logits(teacher_logits)
+        logits = teacher_logits.detach().float().to(self.center.device)
+        stats = torch.cat([logits.sum(dim=0), logits.new_tensor([logits.shape[0]])])
+        stats = _all_reduce_sum(stats)
+        row_sum, count = stats[:-1], stats[-1]
+        batch_center = (row_sum / count.clamp(min=1.0)).unsqueeze(0)
+        updated = self.momentum * self.center + (1.0 - self.momentum) * batch_center
+        self.center.copy_(torch.where(count > 0, updated, self.center))
+
+
+@torch.no_grad()
+def sinkhorn_knopp(
+    teacher_logits: Tensor,
+    teacher_temp: float,
+    n_iterations: int = 3,
+    n_rows: Tensor | int | None = None,
+) -> Tensor:
+    """Sinkhorn-Knopp teacher targets: (B, K) logits -> (B, K) float32 probabilities, no gradient.
+
+    DINOv2's algorithm: ``Q = exp(t / temp)^T`` (K, B_global), divided by its total, then
+    ``n_iterations`` times: divide each prototype row by its (global) sum and by K, divide each
+    sample column by its sum and by B_global; finally multiply by B_global so every sample's
+    distribution sums to 1. Sums over prototypes-rows are all-reduced across processes when
+    torch.distributed is initialised; ``B_global`` is the all-reduced ``n_rows`` (for iBOT: the
+    local number of masked tokens) or the all-reduced local B. The global max logit is
+    subtracted before ``exp`` to avoid overflow; the constant factor cancels in the first
+    normalisation, so the result is DINOv2's.
+    """
+    _check_matrix("teacher_logits", teacher_logits)
+    _check_temperature("teacher_temp", teacher_temp)
+    if isinstance(n_iterations, bool) or not isinstance(n_iterations, int) or n_iterations < 1:
+        raise ValueError(f"n_iterations must be a positive integer, got {n_iterations!r}")
+    logits = teacher_logits.float()
+    n_local, n_prototypes = logits.shape
+    if n_rows is None:
+        rows = torch.tensor(float(n_local), device=logits.device)
+    elif isinstance(n_rows, Tensor):
+        if n_rows.numel() != 1:
+            raise ValueError(f"n_rows must be a scalar, got shape {tuple(n_rows.shape)}")
+        rows = n_rows.detach().reshape(()).to(device=logits.device, dtype=torch.float32).clone()
+    elif isinstance(n_rows, int) and not isinstance(n_rows, bool) and n_rows >= 0:
+        rows = torch.tensor(float(n_rows), device=logits.device)
+    else:
+        raise ValueError(f"n_rows must be None, a non-negative int or a tensor, got {n_rows!r}")
+    n_global = _all_reduce_sum(rows)
+
+    local_max = logits.max() if n_local > 0 else logits.new_tensor(-math.inf)
+    global_max = _all_reduce_max(local_max.clone())
+    q = torch.exp((logits - global_max) / teacher_temp).t()  # (K, B_local)
+
+    q /= _all_reduce_sum(q.sum())
+    for _ in range(n_iterations):
+        q /= _all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: total mass 1 ...
+        q /= n_prototypes  # ... then 1/K
+        q /= q.sum(dim=0, keepdim=True)  # each sample: mass 1 ...
+        q /= n_global  # ... then 1/B
+    q *= n_global
+    return q.t()
+
+
+# --------------------------------------------------------------------------- iBOT (patch tokens)
+
+
+def masked_token_weights(masks: Tensor) -> Tensor:
+    """(B, N) bool -> (M,) float32: ``1 / (number of True in the row)`` for each True entry.
+
+    Entries are in row-major order, as ``masks.nonzero()`` or ``tensor[masks]`` enumerate them,
+    so the weights line up with ``patch_tokens.flatten(0, 1)[masks.flatten()]``.
+    """
+    if not isinstance(masks, Tensor) or masks.ndim != 2 or masks.dtype != torch.bool:
+        got = (
+            f"{tuple(masks.shape)} {masks.dtype}"
+            if isinstance(masks, Tensor)
+            else type(masks).__name__
+        )
+        raise ValueError(f"masks must be a 2-D bool tensor (B, N), got {got}")
+    per_row = 1.0 / masks.sum(dim=1).clamp(min=1).float()
+    return per_row.unsqueeze(1).expand(masks.shape)[masks]
+
+
+def ibot_patch_loss(
+    student_logits: Tensor,
+    teacher_probs: Tensor,
+    weights: Tensor,
+    n_images: int,
+    student_temp: float = 0.1,
+) -> Tensor:
+    """Masked-patch cross-entropy, DINOv2's ``iBOTPatchLoss.forward_masked``.
+
+    ``student_logits``, ``teacher_probs``: (M, K) for the M masked tokens only; ``weights``:
+    (M,) = 1 / (masked count of the token's image), see :func:`masked_token_weights`.
+    Returns ``sum_i w_i * CE_i / n_images``: each masked image's mean token cross-entropy,
+    averaged over ``n_images`` = all global crops of the batch, unmasked ones included (they
+    count as 0). Float32; M = 0 gives a zero that still backpropagates.
+    """
+    _check_pair("student_logits", student_logits, "teacher_probs", teacher_probs)
+    _check_temperature("student_temp", student_temp)
+    if not isinstance(weights, Tensor) or weights.shape != (student_logits.shape[0],):
+        shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(
+            f"weights must be a 1-D tensor with one entry per masked token "
+            f"({student_logits.shape[0]},), got {shape}"
+        )
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
+    log_probs = _student_log_probs(student_logits, student_temp)
+    per_token = _row_cross_entropy(teacher_probs, log_probs)
+    return (per_token * weights.float()).sum() / n_images
+
+
+# --------------------------------------------------------------------------- KoLeo, monitoring
+
+
+def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Kozachenko-Leonenko entropy regulariser of (B, D) features, float32 with autocast off.
+
+    Rows are L2-normalised, each row's nearest neighbour is the other row of largest dot product,
+    and the loss is ``-mean_i log(||x_i - x_nn(i) + eps|| + eps)``: the ``+ eps`` inside the
+    norm is what ``torch.nn.PairwiseDistance(eps=eps)`` adds, as in DINOv2.
+
+    Self is excluded with a -inf diagonal. DINOv2 writes -1 there, which only differs for an
+    exactly antipodal neighbour (dot product -1): on a tie ``max`` returns the first index,
+    which can be the row itself. With B = 1 the only candidate is the row itself, as in DINOv2:
+    the loss is ``-log(eps * sqrt(D) + eps)`` (17.7275 for D = 1), the known failure mode of
+    batch size 1 or duplicated images.
+    """
+    _check_matrix("x", x)
+    if x.shape[0] == 0:
+        raise ValueError("x must have at least one row")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = F.normalize(x.float(), p=2.0, dim=-1, eps=eps)
+        with torch.no_grad():
+            dots = x @ x.t()
+            dots.fill_diagonal_(-math.inf)
+            neighbour = dots.argmax(dim=1)
+        distance = torch.linalg.vector_norm(x - x[neighbour] + eps, ord=2, dim=-1)
+        return -torch.log(distance + eps).mean()
+
+
+def teacher_entropy(teacher_probs: Tensor) -> Tensor:
+    """Mean row entropy in nats of (B, K) probabilities; ln K when uniform, 0 when one-hot.
+
+    A collapse signal: near 0 the teacher puts everything on one prototype per image, near ln K
+    it says nothing. ``0 * log 0`` counts as 0.
+    """
+    _check_matrix("teacher_probs", teacher_probs)
+    if teacher_probs.shape[0] == 0:
+        raise ValueError("teacher_probs must have at least one row")
+    probs = teacher_probs.float()
+    return -torch.xlogy(probs, probs).sum(dim=-1).mean()

@@ -1,0 +1,95 @@
+"""Per-step metrics of a run: ``RUN/metrics.jsonl`` and, when installed, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from raddino.ssl.checkpoint import write_atomic
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every complete line of ``metrics.jsonl`` (a torn last line after a kill is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step; on resume, drops lines of steps not yet redone."""
+
+    def __init__(self, run_dir: Path, start_step: int, tensorboard: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        kept = [row for row in read_metrics(run_dir) if row.get("step", math.inf) < start_step]
+        text = "".join(json.dumps(row) + "\n" for row in kept)
+        write_atomic(self.path, lambda temp: temp.write_text(text))
+        self.handle = self.path.open("a")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
+            except ImportError:
+                print(
+                    "note: TensorBoard logging needs 'pip install tensorboard'; "
+                    "metrics go to metrics.jsonl",
+                    file=sys.stderr,
+                )
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.handle.write(json.dumps({"step": step, **values}) + "\n")
+        self.handle.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class CollapseMonitor:
+    """Warns (once per kind) when the teacher shows a collapse signal after its warm-up.
+
+    * ``uniform``: teacher entropy above 98% of ln K — every image gets the same flat
+      distribution, and the DINO loss sits at ln K (the plateau of failed short runs);
+    * ``constant``: the teacher's normalised CLS embeddings barely vary across the batch
+      (mean per-dimension std x sqrt(D) below 0.05) — every image maps to one point.
+    """
+
+    def __init__(self, n_prototypes: int, embed_dim: int, warmup_steps: int) -> None:
+        self.max_entropy = math.log(n_prototypes)
+        self.embed_dim = embed_dim
+        self.warmup_steps = warmup_steps
+        self.fired: set[str] = set()
+
+    def check(self, step: int, values: dict[str, float]) -> list[str]:
+        """Names of the signals present at ``step`` (after warm-up); prints each kind once."""
+        if step < self.warmup_steps:
+            return []
+        signals = []
+        if values["teacher_entropy"] > 0.98 * self.max_entropy:
+            signals.append("uniform")
+        if values["cls_std"] * math.sqrt(self.embed_dim) < 0.05:
+            signals.append("constant")
+        for name in signals:
+            if name not in self.fired:
+                self.fired.add(name)
+                print(
+                    f"warning: step {step}: collapse signal '{name}' (teacher entropy "
+                    f"{values['teacher_entropy']:.3f} of max {self.max_entropy:.3f}, CLS spread "
+                    f"{values['cls_std']:.4f}); see docs/pretraining.md",
+                    file=sys.stderr,
+                )
+        return signals

@@ -1,0 +1,374 @@
+"""The pre-training loop: one function from config + images to a run directory.
+
+Runs unchanged as a single process or under ``torchrun`` (DDP on gloo or NCCL). Each step:
+schedules -> iBOT masks -> teacher targets -> student losses -> backward -> clip -> AdamW ->
+EMA teacher -> metrics; checkpoints every ``train.checkpoint_every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from raddino.data.manifest import collect_inputs
+from raddino.models.heads import HeadConfig, load_head_file
+from raddino.models.vit import ViTConfig, vit_config
+from raddino.ssl import distributed
+from raddino.ssl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from raddino.ssl.config import PretrainConfig
+from raddino.ssl.data import PretrainStream, StreamSampler, collate_crops
+from raddino.ssl.masking import BlockMasking, sample_batch_masks
+from raddino.ssl.meta_arch import StudentTeacher
+from raddino.ssl.metrics import CollapseMonitor, MetricsLog
+from raddino.ssl.optim import apply_schedule, build_optimizer
+from raddino.ssl.schedules import Schedules
+
+
+class TrainingDivergedError(RuntimeError):
+    """A non-finite loss: the run stops and its last checkpoint stays as it was."""
+
+
+class RunExistsError(ValueError):
+    """The output directory already holds a run and --resume was not given."""
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    start_step: int
+    end_step: int
+    seconds: float
+    last_metrics: dict[str, float]
+
+
+def backbone_config(config: PretrainConfig, initial: ViTConfig | None = None) -> ViTConfig:
+    """The student ViT: the architecture of the initial weights when given, else ``model.*``."""
+    m = config.model
+    if initial is not None:
+        return replace(initial, drop_path_rate=m.drop_path_rate)
+    overrides = dict(
+        patch_size=m.patch_size,
+        image_size=m.image_size,
+        layerscale_init=m.layerscale or None,
+        num_register_tokens=m.num_register_tokens,
+        drop_path_rate=m.drop_path_rate,
+    )
+    for key in ("embed_dim", "depth", "num_heads"):
+        if getattr(m, key) is not None:
+            overrides[key] = getattr(m, key)
+    return vit_config(m.arch, **overrides)
+
+
+def head_config(config: PretrainConfig) -> HeadConfig:
+    h = config.head
+    return HeadConfig(h.out_dim, h.hidden_dim, h.bottleneck_dim, h.n_layers)
+
+
+def build_meta(config: PretrainConfig) -> StudentTeacher:
+    """Student and teacher, initialised from ``model.init`` / ``model.init_head`` if set."""
+    initial = None
+    if config.model.init:
+        from raddino.models.encoder import RadDino
+
+        initial = RadDino.from_pretrained(config.model.init).backbone
+    meta = StudentTeacher(
+        backbone_config(config, initial.config if initial is not None else None),
+        head_config(config),
+        config.loss,
+        config.head.separate_ibot_head,
+    )
+    if initial is not None:
+        meta.student.backbone.load_state_dict(initial.state_dict())
+    if config.model.init_head:
+        head = load_head_file(config.model.init_head)
+        try:
+            meta.student.dino_head.load_state_dict(head.state_dict())
+        except RuntimeError as error:
+            raise ValueError(
+                f"model.init_head={config.model.init_head}: does not match head.* ({error})"
+            ) from error
+    meta.student.backbone.grad_checkpointing = config.model.grad_checkpointing
+    meta.sync_teacher()
+    return meta
+
+
+def effective_lr(config: PretrainConfig, global_batch: int) -> float:
+    """``base_lr`` scaled from 1024 images to the global batch (DINOv2: square root)."""
+    ratio = global_batch / 1024
+    rule = config.optim.lr_scaling
+    factor = math.sqrt(ratio) if rule == "sqrt" else ratio if rule == "linear" else 1.0
+    return config.optim.base_lr * factor
+
+
+def make_schedules(config: PretrainConfig, lr: float) -> Schedules:
+    o, t = config.optim, config.teacher
+    return Schedules(
+        total_steps=config.train.steps,
+        lr=lr,
+        min_lr=o.min_lr,
+        warmup_steps=o.warmup_steps,
+        weight_decay=o.weight_decay,
+        weight_decay_end=o.weight_decay_end,
+        momentum=t.momentum,
+        momentum_end=t.momentum_end,
+        teacher_temp_start=t.temp_start,
+        teacher_temp=t.temp,
+        teacher_temp_warmup_steps=t.temp_warmup_steps,
+        freeze_last_layer_steps=o.freeze_last_layer_steps,
+    )
+
+
+def step_masks(
+    config: PretrainConfig, step: int, grid: int, env: distributed.DistEnv
+) -> torch.Tensor:
+    """This process's iBOT masks (2b, grid*grid): drawn for the whole global batch from a
+    generator seeded by (seed, step), then sliced, so they do not depend on the process count."""
+    b, world = config.train.batch_size, env.world_size
+    m = config.masking
+    masker = BlockMasking(
+        (grid, grid),
+        min_patches=m.min_patches,
+        max_patches=max(m.min_patches, int(0.5 * grid * grid)),
+        min_aspect=m.min_aspect,
+    )
+    rng = np.random.default_rng([config.train.seed, step])
+    masks = sample_batch_masks(
+        2 * b * world, (grid, grid), rng, m.probability, (m.ratio_min, m.ratio_max), masker
+    )
+    g = b * world
+    rows = list(range(env.rank * b, (env.rank + 1) * b))
+    return masks[rows + [g + r for r in rows]]
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def clip_gradients(branch: torch.nn.Module, max_norm: float) -> None:
+    """Clip backbone and heads separately, as DINOv2 does."""
+    if max_norm <= 0:
+        return
+    for part in (branch.backbone, branch.dino_head, branch.ibot_head):
+        if part is not None:
+            torch.nn.utils.clip_grad_norm_(part.parameters(), max_norm)
+
+
+def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def pretrain(
+    config: PretrainConfig,
+    data: list[str],
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunSummary:
+    """Pre-train (or continue) a run in ``out_dir`` on the images of ``data``."""
+    run_dir = Path(out_dir)
+    env = distributed.init_distributed(config.train.device)
+    train = config.train
+    if train.precision == "fp16" and env.device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
+    paths = collect_inputs(data)
+
+    existing = latest_checkpoint(run_dir)
+    if existing is not None and not resume:
+        raise RunExistsError(
+            f"{run_dir} already holds a run ({existing.name}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    seed_everything(train.seed, 0, train.deterministic)  # the same initial weights everywhere
+    meta = build_meta(config).to(env.device)
+    if env.distributed:
+        distributed.broadcast_module(meta)
+    seed_everything(train.seed, env.rank, train.deterministic)  # per-process drop path
+    meta.train()
+    student: torch.nn.Module = meta.student
+    if env.distributed:
+        device_ids = [env.local_rank] if env.device.type == "cuda" else None
+        student = DistributedDataParallel(meta.student, device_ids=device_ids)
+    optimizer = build_optimizer(meta.student, config.optim)
+    scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
+
+    start_step = 0
+    if existing is not None:
+        state = load_checkpoint(existing)
+        meta.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"][env.rank] if isinstance(state["rng"], list) else state["rng"])
+        start_step = int(state["step"])
+
+    global_batch = train.batch_size * env.world_size
+    lr = effective_lr(config, global_batch)
+    schedules = make_schedules(config, lr)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", lambda temp: temp.write_text(config.to_yaml()))
+        print(
+            f"pre-training {len(paths)} images, {env.world_size} process(es) x batch "
+            f"{train.batch_size} = global batch {global_batch}, lr {lr:.3g} "
+            f"({config.optim.lr_scaling} scaling of {config.optim.base_lr:g} per 1024), "
+            f"steps {start_step} -> {train.steps}, device {env.device}, {train.precision}",
+            file=sys.stderr,
+        )
+    distributed.barrier()
+    log = MetricsLog(run_dir, start_step, train.tensorboard) if env.is_main else None
+    monitor = CollapseMonitor(
+        config.head.out_dim,
+        meta.student.backbone.embed_dim,
+        max(config.optim.warmup_steps, config.teacher.temp_warmup_steps),
+    )
+
+    stream = PretrainStream(paths, config.crops, train.seed, global_batch)
+    sampler = StreamSampler(start_step, train.steps, train.batch_size, env.rank, env.world_size)
+    loader = DataLoader(
+        stream,
+        batch_size=train.batch_size,
+        sampler=sampler,
+        num_workers=train.num_workers,
+        collate_fn=collate_crops,
+        pin_memory=env.device.type == "cuda",
+        persistent_workers=False,
+        # worker seeds from a generator of their own: the global RNG (drop path) stays untouched
+        generator=torch.Generator().manual_seed(train.seed),
+    )
+    bar = tqdm(
+        total=train.steps,
+        initial=start_step,
+        unit="step",
+        desc="pretrain",
+        disable=not (progress and env.is_main),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    step = start_step
+    try:
+        for step, batch in zip(range(start_step, train.steps), loader, strict=False):
+            step_start = time.perf_counter()
+            values = schedules.at(step)
+            apply_schedule(optimizer, values)
+            globals_ = batch.globals_.to(env.device, non_blocking=True)
+            locals_ = (
+                None if batch.locals_ is None else batch.locals_.to(env.device, non_blocking=True)
+            )
+            grid = globals_.shape[-1] // config.model.patch_size
+            masks = step_masks(config, step, grid, env).to(env.device)
+            with autocast_context(train.precision, env.device):
+                out = meta(globals_, locals_, masks, values.teacher_temp, student=student)
+            if distributed.any_process(not torch.isfinite(out.total).item(), env.device):
+                parts = {k: f"{v.item():.4g}" for k, v in out.log_values().items()}
+                kept = latest_checkpoint(run_dir)
+                raise TrainingDivergedError(
+                    f"step {step}: the loss is not finite ({parts}); the run stops here. "
+                    f"Last good checkpoint: {kept or 'none yet'}. Lower optim.base_lr, raise "
+                    "optim.warmup_steps or use train.precision=fp32."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(out.total).backward()
+                scaler.unscale_(optimizer)
+                clip_gradients(meta.student, config.optim.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                out.total.backward()
+                clip_gradients(meta.student, config.optim.clip_grad)
+                optimizer.step()
+            meta.update_teacher(values.momentum)
+
+            if step % train.log_every == 0 or step == train.steps - 1:
+                last = distributed.all_reduce_mean(out.log_values())
+                seconds = time.perf_counter() - step_start
+                last.update(
+                    lr=values.lr,
+                    last_layer_lr=values.last_layer_lr,
+                    weight_decay=values.weight_decay,
+                    momentum=values.momentum,
+                    teacher_temp=values.teacher_temp,
+                    center_norm=meta.dino_centering.center.norm().item(),
+                    images_per_s=global_batch / seconds,
+                )
+                last["collapse_signals"] = (
+                    float(len(monitor.check(step, last))) if env.is_main else 0.0
+                )
+                if log is not None:
+                    log.log(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", H=f"{last['teacher_entropy']:.2f}")
+            bar.update(1)
+            done = step + 1
+            if done % train.checkpoint_every == 0 or done == train.steps:
+                save_run_checkpoint(run_dir, done, meta, optimizer, scaler, config, env)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    seconds = time.perf_counter() - started
+    distributed.barrier()
+    return RunSummary(run_dir, start_step, train.steps, seconds, last)
+
+
+def save_run_checkpoint(
+    run_dir: Path,
+    step: int,
+    meta: StudentTeacher,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    config: PretrainConfig,
+    env: distributed.DistEnv,
+) -> None:
+    """Rank 0 writes the (replicated) state; every rank's RNG state is gathered into it."""
+    states = [rng_state()]
+    if env.distributed:
+        import torch.distributed as dist
+
+        states = [None] * env.world_size
+        dist.all_gather_object(states, rng_state())
+    if env.is_main:
+        state = {
+            "step": step,
+            "model": meta.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "rng": states if env.distributed else states[0],
+            "config": config.to_dict(),
+            "backbone_config": meta.teacher.backbone.config.to_dict(),
+            "head_config": meta.teacher.dino_head.config.to_dict(),
+        }
+        save_checkpoint(run_dir, step, state, config.train.keep_last)
+    distributed.barrier()

@@ -1,0 +1,55 @@
+"""Configs: presets load, overrides are typed, bad keys and values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raddino.ssl.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.mark.parametrize("preset", ["tiny_cpu.yaml", "vitb14_cxr.yaml"])
+def test_presets_load(preset):
+    config = load_config(CONFIGS / preset)
+    assert config.train.steps > 0
+
+
+def test_paper_preset_values():
+    config = load_config(CONFIGS / "vitb14_cxr.yaml")
+    assert config.train.batch_size == 40 and config.crops.high_res_size == 518
+    assert config.head.out_dim == 65536 and config.model.patch_size == 14
+
+
+def test_overrides_are_typed():
+    config = load_config(
+        None, ["optim.base_lr=1e-3", "crops.global_scale=[0.4, 1]", "train.deterministic=true"]
+    )
+    assert config.optim.base_lr == 1e-3
+    assert config.crops.global_scale == (0.4, 1.0)
+    assert config.train.deterministic is True
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.base_lrr=1", "did you mean 'optim.base_lr'"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.steps=ten", "train.steps"),
+        ("masking.probability=1.5", "masking.probability"),
+        ("crops.global_size=100", "crops.global_size"),
+        ("nonsense", "key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    config = load_config(CONFIGS / "tiny_cpu.yaml", ["train.steps=7"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config

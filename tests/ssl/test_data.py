@@ -1,0 +1,74 @@
+"""The pre-training stream: deterministic samples, process-count independence, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from raddino.ssl.config import CropSection
+from raddino.ssl.data import PretrainStream, StreamSampler, collate_crops
+
+CROPS = CropSection(global_size=32, local_size=16, local_number=3, max_source_size=96)
+
+
+def paths_of(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def test_sample_depends_only_on_its_number(pretrain_images: Path):
+    first = PretrainStream(paths_of(pretrain_images), CROPS, seed=3, global_batch=4)
+    second = PretrainStream(paths_of(pretrain_images), CROPS, seed=3, global_batch=4)
+    a = first[17]
+    second[5]  # another order of access must not matter
+    b = second[17]
+    assert all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True))
+    c = PretrainStream(paths_of(pretrain_images), CROPS, seed=4, global_batch=4)[17]
+    assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_shapes_and_crop_major_collation(pretrain_images: Path):
+    stream = PretrainStream(paths_of(pretrain_images), CROPS, seed=0, global_batch=2)
+    batch = collate_crops([stream[0], stream[1]])
+    assert batch.globals_.shape == (4, 3, 32, 32) and batch.locals_.shape == (6, 3, 16, 16)
+    assert torch.equal(batch.globals_[1], stream[1][0][0])  # crop 1 of image 1
+    assert torch.equal(batch.globals_[2], stream[0][0][1])  # crop 2 of image 0
+
+
+def test_every_epoch_visits_every_image_once(pretrain_images: Path):
+    paths = paths_of(pretrain_images)
+    stream = PretrainStream(paths, CROPS, seed=0, global_batch=4)
+    n = len(paths)
+    for epoch in range(2):
+        seen = sorted(int(stream.order(epoch)[i]) for i in range(n))
+        assert seen == list(range(n))
+    assert not torch.equal(stream.order(0), stream.order(1))
+
+
+def test_two_processes_share_the_samples_of_one():
+    one = list(StreamSampler(start_step=2, end_step=4, batch_size=8, rank=0, world=1))
+    rank0 = list(StreamSampler(2, 4, 4, rank=0, world=2))
+    rank1 = list(StreamSampler(2, 4, 4, rank=1, world=2))
+    assert one == rank0[:4] + rank1[:4] + rank0[4:] + rank1[4:]
+    assert one[0] == 16  # resumes at step 2 of a global batch of 8
+
+
+def test_unreadable_image_is_replaced_and_reported_once(
+    pretrain_images: Path, tmp_path: Path, capsys
+):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    stream = PretrainStream(
+        [str(bad), *paths_of(pretrain_images)[:2]], CROPS, seed=0, global_batch=1
+    )
+    for g in range(6):
+        stream[g]
+    assert capsys.readouterr().err.count("bad.png") == 1
+
+
+def test_high_resolution_phase_switches_global_crops(pretrain_images: Path):
+    crops = CropSection(global_size=32, local_size=16, local_number=1, max_source_size=96,
+                        high_res_start_step=2, high_res_size=48)  # fmt: skip
+    stream = PretrainStream(paths_of(pretrain_images), crops, seed=0, global_batch=4)
+    assert stream[7][0][0].shape[-1] == 32  # step 1
+    assert stream[8][0][0].shape[-1] == 48  # step 2

@@ -1,0 +1,399 @@
+"""DINO / iBOT / KoLeo losses and teacher centerings: hand-computed values and DINOv2 invariants."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from raddino.ssl.losses import (
+    SoftmaxCentering,
+    dino_cross_entropy,
+    dino_loss,
+    ibot_patch_loss,
+    koleo_loss,
+    masked_token_weights,
+    sinkhorn_knopp,
+    teacher_entropy,
+)
+
+
+def hand_cross_entropy(student: list[float], teacher: list[float], temp: float) -> float:
+    """-sum_k t_k log softmax(s / temp)_k with math only."""
+    scaled = [value / temp for value in student]
+    log_normaliser = math.log(sum(math.exp(value) for value in scaled))
+    return -sum(t * (s - log_normaliser) for t, s in zip(teacher, scaled, strict=True))
+
+
+# --------------------------------------------------------------------------- DINO
+
+
+def test_dino_cross_entropy_matches_hand_computation_on_two_rows():
+    student = [[0.1, 0.2, 0.3], [0.3, -0.1, 0.0]]
+    teacher = [[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]]
+    # Row 1: s/0.1 = (1, 2, 3), lse = log(e + e^2 + e^3) = 3.40760596
+    assert hand_cross_entropy(student[0], teacher[0], 0.1) == pytest.approx(
+        3.40760596 - (0.2 * 1 + 0.3 * 2 + 0.5 * 3), abs=1e-7
+    )
+    expected = (
+        hand_cross_entropy(student[0], teacher[0], 0.1)
+        + hand_cross_entropy(student[1], teacher[1], 0.1)
+    ) / 2
+    loss = dino_cross_entropy(torch.tensor(student), torch.tensor(teacher))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dino_cross_entropy_is_float32_for_half_inputs_and_uses_student_temp():
+    student = torch.tensor([[1.0, 2.0, 4.0]])
+    teacher = torch.tensor([[0.5, 0.25, 0.25]])
+    loss = dino_cross_entropy(student.half(), teacher.half(), student_temp=2.0)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(hand_cross_entropy([1, 2, 4], [0.5, 0.25, 0.25], 2.0))
+
+
+def test_dino_loss_sums_every_student_teacher_pair():
+    students = [[[0.1, 0.2, 0.3]], [[0.0, 0.4, -0.2]]]
+    teachers = [[[0.2, 0.3, 0.5]], [[0.6, 0.3, 0.1]]]
+    expected = sum(
+        hand_cross_entropy(s[0], t[0], 0.1) for s in students for t in teachers
+    )  # 4 pairs, no normalisation
+    loss = dino_loss([torch.tensor(s) for s in students], [torch.tensor(t) for t in teachers])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    single = dino_loss([torch.tensor(students[0])], [torch.tensor(teachers[1])])
+    assert single.item() == pytest.approx(hand_cross_entropy(students[0][0], teachers[1][0], 0.1))
+
+
+def test_dino_loss_rejects_bad_arguments():
+    logits = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="student_logits"):
+        dino_loss(logits, [logits])
+    with pytest.raises(ValueError, match="teacher_probs"):
+        dino_loss([logits], [])
+    with pytest.raises(ValueError, match=r"teacher_probs\[0\]"):
+        dino_loss([logits], [torch.zeros(2, 4)])
+    with pytest.raises(ValueError, match="student_temp"):
+        dino_cross_entropy(logits, logits, student_temp=0.0)
+
+
+# --------------------------------------------------------------------------- softmax centering
+
+
+def test_softmax_centering_uses_current_centre_and_updates_with_momentum():
+    torch.manual_seed(0)
+    centering = SoftmaxCentering(5)
+    assert centering.center.shape == (1, 5) and torch.equal(centering.center, torch.zeros(1, 5))
+    first, second = torch.randn(4, 5), torch.randn(6, 5)
+
+    # Step 1: zero centre -> plain tempered softmax.
+    torch.testing.assert_close(
+        centering.teacher_probs(first, 0.04), torch.softmax(first / 0.04, dim=-1)
+    )
+    centering.update(first)
+    after_first = 0.1 * first.mean(0, keepdim=True)
+    torch.testing.assert_close(centering.center, after_first)
+
+    # Step 2: the centre built from step 1 is subtracted.
+    probs = centering.teacher_probs(second, 0.07)
+    torch.testing.assert_close(probs, torch.softmax((second - after_first) / 0.07, dim=-1))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(6))
+    centering.update(second)
+    torch.testing.assert_close(
+        centering.center, 0.9 * after_first + 0.1 * second.mean(0, keepdim=True)
+    )
+
+
+def test_softmax_centering_state_dict_round_trip_restores_the_centre():
+    torch.manual_seed(1)
+    trained = SoftmaxCentering(7, momentum=0.8)
+    for _ in range(3):
+        trained.update(torch.randn(5, 7))
+    assert "center" in trained.state_dict()
+    restored = SoftmaxCentering(7, momentum=0.8)
+    restored.load_state_dict(trained.state_dict())
+    assert torch.equal(restored.center, trained.center)
+    logits = torch.randn(3, 7)
+    assert torch.equal(restored.teacher_probs(logits, 0.05), trained.teacher_probs(logits, 0.05))
+
+
+def test_softmax_centering_ignores_an_empty_batch_and_takes_half_precision():
+    centering = SoftmaxCentering(3)
+    centering.update(torch.tensor([[1.0, 2.0, 3.0]]).half())
+    before = centering.center.clone()
+    assert centering.center.dtype == torch.float32
+    centering.update(torch.zeros(0, 3))
+    assert torch.equal(centering.center, before)
+
+
+def test_softmax_centering_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n_prototypes"):
+        SoftmaxCentering(0)
+    with pytest.raises(ValueError, match="momentum"):
+        SoftmaxCentering(3, momentum=1.5)
+    centering = SoftmaxCentering(3)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        centering.update(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="teacher_temp"):
+        centering.teacher_probs(torch.zeros(2, 3), -1.0)
+
+
+# --------------------------------------------------------------------------- Sinkhorn-Knopp
+
+
+def numpy_dinov2_sinkhorn(logits: np.ndarray, temp: float, n_iterations: int) -> np.ndarray:
+    """DINOv2's sinkhorn_knopp_teacher on one process, float64, without max subtraction."""
+    q = np.exp(logits / temp).T  # (K, B)
+    n_prototypes, n_samples = q.shape
+    q = q / q.sum()
+    for _ in range(n_iterations):
+        q = q / q.sum(axis=1, keepdims=True)
+        q = q / n_prototypes
+        q = q / q.sum(axis=0, keepdims=True)
+        q = q / n_samples
+    return (q * n_samples).T
+
+
+def test_sinkhorn_knopp_matches_direct_numpy_dinov2_at_three_iterations():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 10)).astype(np.float32)
+    expected = numpy_dinov2_sinkhorn(logits.astype(np.float64), 0.5, 3)
+    result = sinkhorn_knopp(torch.from_numpy(logits), 0.5)
+    assert result.dtype == torch.float32 and result.shape == (16, 10)
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5, atol=1e-7)
+    # n_rows as an int or a tensor is the local row count: same result.
+    assert torch.equal(sinkhorn_knopp(torch.from_numpy(logits), 0.5, n_rows=16), result)
+    assert torch.equal(
+        sinkhorn_knopp(torch.from_numpy(logits), 0.5, n_rows=torch.tensor(16)), result
+    )
+
+
+def test_sinkhorn_knopp_rows_sum_to_one_and_prototypes_are_used_equally():
+    torch.manual_seed(0)
+    n_samples, n_prototypes = 64, 8
+    logits = torch.randn(n_samples, n_prototypes)
+    for n_iterations in (3, 200):
+        probs = sinkhorn_knopp(logits, 1.0, n_iterations=n_iterations)
+        torch.testing.assert_close(probs.sum(1), torch.ones(n_samples))
+    # After many iterations every prototype receives B / K of the mass.
+    torch.testing.assert_close(
+        probs.sum(0), torch.full((n_prototypes,), n_samples / n_prototypes), rtol=1e-4, atol=1e-4
+    )
+    # At this temperature three iterations already flatten the column sums (for very peaked
+    # logits three iterations are not enough: that is the algorithm, not a bug).
+    spread_softmax = torch.softmax(logits, -1).sum(0).std()
+    spread_sinkhorn = sinkhorn_knopp(logits, 1.0).sum(0).std()
+    assert spread_sinkhorn < 0.1 * spread_softmax
+
+
+def test_sinkhorn_knopp_is_invariant_to_a_constant_and_does_not_overflow():
+    # Multiples of 1/64 below 128 in magnitude: the shifted logits are exact in float32, so any
+    # difference would come from the algorithm, not from rounding the input.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(-128, 128, (12, 6), generator=generator) / 64.0
+    reference = sinkhorn_knopp(logits, 0.04)
+    shifted = sinkhorn_knopp(logits + 100.0, 0.04)  # exp(2500) would overflow without the max
+    assert torch.isfinite(shifted).all()
+    torch.testing.assert_close(shifted, reference, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sinkhorn_knopp(logits - 7.0, 0.04), reference, rtol=1e-6, atol=1e-7)
+    expected = numpy_dinov2_sinkhorn(logits.double().numpy(), 0.04, 3)
+    np.testing.assert_allclose(shifted.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_sinkhorn_knopp_rejects_bad_arguments():
+    logits = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        sinkhorn_knopp(torch.zeros(3), 0.1)
+    with pytest.raises(ValueError, match="n_iterations"):
+        sinkhorn_knopp(logits, 0.1, n_iterations=0)
+    with pytest.raises(ValueError, match="n_rows"):
+        sinkhorn_knopp(logits, 0.1, n_rows=-1)
+    with pytest.raises(ValueError, match="teacher_temp"):
+        sinkhorn_knopp(logits, math.nan)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def _distributed_worker(rank: int, store: str, result_dir: str, data: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        rows = data["splits"][rank]
+        logits, patch_logits = data["logits"][rows], data["patch_logits"][rows]
+        centering = SoftmaxCentering(logits.shape[1])
+        centering.update(logits)
+        result = {
+            "sinkhorn": sinkhorn_knopp(logits, 0.1),
+            "sinkhorn_n_rows": sinkhorn_knopp(patch_logits, 0.1, n_rows=torch.tensor(len(rows))),
+            "center": centering.center.clone(),
+        }
+        torch.save(result, Path(result_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_reductions_match_one_process_on_the_whole_batch(tmp_path: Path):
+    """Two gloo ranks with uneven batches (3 and 5 rows) equal one process with all 8 rows."""
+    torch.manual_seed(0)
+    data = {
+        "logits": torch.randn(8, 6),
+        "patch_logits": torch.randn(8, 6) * 3,
+        "splits": [torch.arange(0, 3), torch.arange(3, 8)],
+    }
+    mp.spawn(
+        _distributed_worker,
+        args=(str(tmp_path / "store"), str(tmp_path), data),
+        nprocs=2,
+        join=True,
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torch.testing.assert_close(
+        torch.cat([r["sinkhorn"] for r in ranks]), sinkhorn_knopp(data["logits"], 0.1)
+    )
+    torch.testing.assert_close(
+        torch.cat([r["sinkhorn_n_rows"] for r in ranks]), sinkhorn_knopp(data["patch_logits"], 0.1)
+    )
+    expected_center = 0.1 * data["logits"].mean(0, keepdim=True)
+    for result in ranks:
+        torch.testing.assert_close(result["center"], expected_center)
+
+
+# --------------------------------------------------------------------------- iBOT
+
+
+def test_masked_token_weights_are_one_over_the_row_count_in_row_major_order():
+    masks = torch.tensor([[True, False, True, True], [False] * 4, [False, True, False, False]])
+    weights = masked_token_weights(masks)
+    torch.testing.assert_close(weights, torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0]))
+    assert weights.dtype == torch.float32
+    assert masked_token_weights(torch.zeros(2, 5, dtype=torch.bool)).shape == (0,)
+    with pytest.raises(ValueError, match="masks"):
+        masked_token_weights(masks.int())
+
+
+def test_ibot_patch_loss_hand_check_counts_unmasked_images_as_zero():
+    # 3 images, 4 patches, K = 3. Image 0 masks patches 0 and 2, image 1 nothing, image 2 patch 3.
+    masks = torch.tensor([[True, False, True, False], [False] * 4, [False, False, False, True]])
+    student = [[0.1, 0.2, 0.3], [0.0, -0.2, 0.5], [0.3, 0.3, -0.1]]
+    teacher = [[0.2, 0.3, 0.5], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]]
+    ce = [hand_cross_entropy(s, t, 0.1) for s, t in zip(student, teacher, strict=True)]
+    expected = ((ce[0] + ce[1]) / 2 + 0.0 + ce[2]) / 3
+    loss = ibot_patch_loss(
+        torch.tensor(student), torch.tensor(teacher), masked_token_weights(masks), n_images=3
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ibot_patch_loss_equals_dense_per_image_masked_mean_and_ignores_unmasked_patches():
+    torch.manual_seed(0)
+    n_images, n_patches, n_prototypes = 4, 9, 5
+    student = torch.randn(n_images, n_patches, n_prototypes)
+    teacher = torch.softmax(torch.randn(n_images, n_patches, n_prototypes), -1)
+    masks = torch.rand(n_images, n_patches) < 0.4
+    masks[1] = False  # one unmasked image
+    masks[0, 0] = True
+
+    def masked_loss(student_tokens: torch.Tensor) -> torch.Tensor:
+        return ibot_patch_loss(
+            student_tokens[masks], teacher[masks], masked_token_weights(masks), n_images
+        )
+
+    # DINOv2's dense iBOTPatchLoss.forward: per-image mean over masked patches, mean over images.
+    per_patch = -(teacher * torch.log_softmax(student / 0.1, -1)).sum(-1)
+    dense = ((per_patch * masks).sum(-1) / masks.sum(-1).clamp(min=1)).mean()
+    loss = masked_loss(student)
+    torch.testing.assert_close(loss, dense)
+
+    perturbed = student.clone()
+    perturbed[~masks] += 10 * torch.randn_like(perturbed[~masks])
+    assert torch.equal(masked_loss(perturbed), loss)
+    perturbed[0, 0, 0] += 1.0  # one prototype (a shift of all K would not change softmax)
+    assert not torch.equal(masked_loss(perturbed), loss)
+
+
+def test_ibot_patch_loss_with_no_masked_token_is_zero_and_checks_arguments():
+    student = torch.zeros(0, 4, requires_grad=True)
+    loss = ibot_patch_loss(student, torch.zeros(0, 4), torch.zeros(0), n_images=2)
+    assert loss.item() == 0.0
+    loss.backward()
+    with pytest.raises(ValueError, match="weights"):
+        ibot_patch_loss(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(2), n_images=2)
+    with pytest.raises(ValueError, match="n_images"):
+        ibot_patch_loss(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3), n_images=0)
+
+
+# --------------------------------------------------------------------------- KoLeo
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([[0.0, 1.0], [0.0, -1.0]], -math.log(2.0)),
+        ([[0.0, 1.0], [1.0, 0.0]], -math.log(math.sqrt(2.0))),
+        ([[0, 1], [1, 0], [1, 1], [-1, 0], [0, -1], [-1, -1]], 0.2674),
+    ],
+)
+def test_koleo_closed_forms(points: list[list[float]], expected: float):
+    loss = koleo_loss(torch.tensor(points, dtype=torch.float32))
+    assert loss.item() == pytest.approx(expected, abs=5e-5)
+
+
+def test_koleo_single_point_is_minus_log_of_twice_eps():
+    # The only neighbour is the point itself: PairwiseDistance gives ||x - x + eps|| = eps
+    # (D = 1), and log(d + eps) = log(2e-8), so the loss is -log(2e-8) = 17.72753...
+    loss = koleo_loss(torch.tensor([[1.0]]))
+    assert loss.item() == pytest.approx(-math.log(2e-8), abs=1e-3)
+    assert round(loss.item(), 3) == 17.728
+
+
+def test_koleo_matches_pairwise_distance_formula_and_ignores_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    normed = torch.nn.functional.normalize(x, eps=1e-8)
+    dots = normed @ normed.T
+    dots.fill_diagonal_(-1.0)  # DINOv2's formulation; no antipodal ties in random data
+    distance = torch.nn.PairwiseDistance(p=2, eps=1e-8)(normed, normed[dots.argmax(1)])
+    expected = -torch.log(distance + 1e-8).mean()
+    torch.testing.assert_close(koleo_loss(x), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = koleo_loss(x.bfloat16())
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, koleo_loss(x.bfloat16().float()))
+    with pytest.raises(ValueError, match="x"):
+        koleo_loss(torch.zeros(0, 3))
+
+
+# --------------------------------------------------------------------------- entropy, gradients
+
+
+def test_teacher_entropy_uniform_is_log_k_and_one_hot_is_zero():
+    assert teacher_entropy(torch.full((3, 8), 1 / 8)).item() == pytest.approx(math.log(8))
+    assert teacher_entropy(torch.eye(4)).item() == 0.0
+    mixed = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert teacher_entropy(mixed).item() == pytest.approx(math.log(2) / 2)
+
+
+def test_losses_backpropagate_finite_nonzero_gradients():
+    torch.manual_seed(0)
+    students = [torch.randn(4, 6, requires_grad=True) for _ in range(2)]
+    teachers = [torch.softmax(torch.randn(4, 6), -1) for _ in range(2)]
+    patch_student = torch.randn(5, 6, requires_grad=True)
+    masks = torch.tensor([[True, True, False], [False, False, False], [True, True, True]])
+    features = torch.randn(8, 16, requires_grad=True)
+
+    total = (
+        dino_loss(students, teachers)
+        + ibot_patch_loss(
+            patch_student, torch.softmax(torch.randn(5, 6), -1), masked_token_weights(masks), 3
+        )
+        + koleo_loss(features)
+    )
+    total.backward()
+    for tensor in (*students, patch_student, features):
+        assert tensor.grad is not None
+        assert torch.isfinite(tensor.grad).all()
+        assert tensor.grad.abs().sum() > 0

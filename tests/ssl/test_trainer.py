@@ -1,0 +1,186 @@
+"""The pre-training loop end to end: run directory, resume after kill, distributed, export."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from raddino.models.encoder import RadDino
+from raddino.ssl.checkpoint import list_checkpoints, load_checkpoint
+from raddino.ssl.config import load_config
+from raddino.ssl.metrics import read_metrics
+from raddino.ssl.trainer import RunExistsError, TrainingDivergedError, pretrain
+from tests.ssl.conftest import TINY_OVERRIDES
+
+LOSSES = ("loss", "dino_local", "dino_global", "koleo", "ibot")
+
+
+def tiny_config(*extra: str):
+    return load_config(None, [*TINY_OVERRIDES, *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(pretrain_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    pretrain(tiny_config("train.steps=8"), [str(pretrain_images)], run_dir, progress=False)
+    return run_dir
+
+
+def test_run_directory_holds_config_metrics_and_checkpoints(tiny_run: Path):
+    assert (tiny_run / "config.yaml").is_file()
+    assert load_config(tiny_run / "config.yaml") == tiny_config("train.steps=8")
+    rows = read_metrics(tiny_run)
+    assert [row["step"] for row in rows] == list(range(8))
+    for key in (*LOSSES, "lr", "weight_decay", "momentum", "teacher_temp", "teacher_entropy",
+                "center_norm", "cls_std", "images_per_s"):  # fmt: skip
+        assert all(key in row for row in rows), key
+    # keep_last=3 of the checkpoints at steps 2, 4, 6, 8
+    assert [step for step, _ in list_checkpoints(tiny_run)] == [4, 6, 8]
+
+
+def test_last_layer_is_frozen_for_the_set_steps(pretrain_images: Path, tmp_path: Path):
+    config = tiny_config("train.steps=3", "train.checkpoint_every=1", "train.keep_last=5")
+    pretrain(config, [str(pretrain_images)], tmp_path, progress=False)
+    states = {step: load_checkpoint(path)["model"] for step, path in list_checkpoints(tmp_path)}
+    key = "student.dino_head.last_layer.weight_v"
+    other = "student.dino_head.mlp.0.weight"
+    # freeze_last_layer_steps=2: steps 0 and 1 leave it untouched, step 2 moves it
+    assert torch.equal(states[1][key], states[2][key])
+    assert not torch.equal(states[2][key], states[3][key])
+    assert not torch.equal(states[1][other], states[2][other])
+
+
+def test_teacher_is_the_ema_of_the_student(pretrain_images: Path, tmp_path: Path):
+    config = tiny_config("train.steps=2", "train.checkpoint_every=1", "train.keep_last=5",
+                         "teacher.momentum=0.9", "teacher.momentum_end=0.9")  # fmt: skip
+    pretrain(config, [str(pretrain_images)], tmp_path, progress=False)
+    one, two = (load_checkpoint(p)["model"] for _, p in list_checkpoints(tmp_path))
+    key = "blocks.0.attn.qkv.weight"
+    expected = 0.9 * one[f"teacher.backbone.{key}"] + 0.1 * two[f"student.backbone.{key}"]
+    assert torch.allclose(two[f"teacher.backbone.{key}"], expected, atol=1e-6)
+
+
+def test_existing_run_needs_resume(tiny_run: Path, pretrain_images: Path):
+    with pytest.raises(RunExistsError, match="--resume"):
+        pretrain(tiny_config("train.steps=8"), [str(pretrain_images)], tiny_run, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
+    pretrain_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from raddino.ssl import meta_arch
+
+    original = meta_arch.StudentTeacher.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 4th step (step 3) diverges
+            out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(meta_arch.StudentTeacher, "forward", poisoned)
+    with pytest.raises(TrainingDivergedError, match="step 3: the loss is not finite"):
+        pretrain(tiny_config("train.steps=6"), [str(pretrain_images)], tmp_path, progress=False)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [2]
+    assert load_checkpoint(list_checkpoints(tmp_path)[0][1])["step"] == 2
+
+
+def test_export_of_a_run_loads_in_transformers_with_identical_outputs(
+    tiny_run: Path, tmp_path: Path
+):
+    from transformers import AutoModel
+
+    model = RadDino.from_pretrained(tiny_run)
+    state = load_checkpoint(list_checkpoints(tiny_run)[-1][1])["model"]
+    assert torch.equal(model.backbone.pos_embed, state["teacher.backbone.pos_embed"])
+    model.save_pretrained(tmp_path / "hf")
+    reference = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    pixels = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        hidden = reference(pixel_values=pixels).last_hidden_state
+    out = model.encode(pixels)
+    assert torch.allclose(out.cls, hidden[:, 0], atol=1e-5)
+    assert torch.allclose(out.patches, hidden[:, 1:], atol=1e-5)
+
+
+def cli_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "raddino", "pretrain", *TINY_OVERRIDES,
+            "train.deterministic=true", *extra, "--data", str(data), "--out", str(out),
+            "--no-progress"]  # fmt: skip
+
+
+def subprocess_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+
+
+def losses_by_step(run_dir: Path) -> dict[int, tuple[float, ...]]:
+    return {row["step"]: tuple(row[k] for k in LOSSES) for row in read_metrics(run_dir)}
+
+
+def test_resume_after_kill_gives_the_same_losses(pretrain_images: Path, tmp_path: Path):
+    extra = ("train.steps=14", "train.checkpoint_every=3", "train.num_workers=1")
+    reference = tmp_path / "reference"
+    subprocess.run(cli_command(pretrain_images, reference, *extra), env=subprocess_env(),
+                   check=True, capture_output=True)  # fmt: skip
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(cli_command(pretrain_images, killed, *extra), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        steps = [row["step"] for row in read_metrics(killed)]
+        if steps and steps[-1] >= 7:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list_checkpoints(killed)[-1][0] < 14
+    subprocess.run([*cli_command(pretrain_images, killed, *extra), "--resume"],
+                   env=subprocess_env(), check=True, capture_output=True)  # fmt: skip
+    assert losses_by_step(killed) == losses_by_step(reference)
+    assert sorted(losses_by_step(killed)) == list(range(14))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
+    pretrain_images: Path, tmp_path: Path
+):
+    common = ("train.steps=3", "model.drop_path_rate=0")
+    single = tmp_path / "single"
+    subprocess.run(cli_command(pretrain_images, single, *common, "train.batch_size=8"),
+                   env=subprocess_env(), check=True, capture_output=True)  # fmt: skip
+    pair = tmp_path / "pair"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(free_port())]  # fmt: skip
+    command = cli_command(pretrain_images, pair, *common, "train.batch_size=4")
+    result = subprocess.run(
+        torchrun + command[1:], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = read_metrics(single), read_metrics(pair)
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2]
+    for a, b in zip(one, two, strict=True):
+        # same images, crops and masks: DINO and iBOT agree up to the order of float sums
+        for name in ("dino_local", "dino_global", "ibot"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4), (a["step"], name)
+        without_koleo = [r["loss"] - 0.1 * r["koleo"] for r in (a, b)]
+        assert without_koleo[0] == pytest.approx(without_koleo[1], rel=1e-4)
+        # KoLeo looks for nearest neighbours within each process's batch (as DINOv2 does),
+        # so its value depends on how the global batch is split
+        assert a["koleo"] == pytest.approx(b["koleo"], rel=0.15)
