@@ -30,13 +30,17 @@ def tiny_config(*extra: str):
 @pytest.fixture(scope="module")
 def tiny_run(pretrain_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    pretrain(tiny_config("train.steps=8"), [str(pretrain_images)], run_dir, progress=False)
+    config = tiny_config("train.steps=8", "train.tensorboard=true")
+    pretrain(config, [str(pretrain_images)], run_dir, progress=False)
     return run_dir
 
 
 def test_run_directory_holds_config_metrics_and_checkpoints(tiny_run: Path):
     assert (tiny_run / "config.yaml").is_file()
-    assert load_config(tiny_run / "config.yaml") == tiny_config("train.steps=8")
+    assert load_config(tiny_run / "config.yaml") == tiny_config(
+        "train.steps=8", "train.tensorboard=true"
+    )
+    assert any((tiny_run / "tensorboard").glob("events.out.tfevents.*"))
     rows = read_metrics(tiny_run)
     assert [row["step"] for row in rows] == list(range(8))
     for key in (*LOSSES, "lr", "weight_decay", "momentum", "teacher_temp", "teacher_entropy",
@@ -70,7 +74,7 @@ def test_teacher_is_the_ema_of_the_student(pretrain_images: Path, tmp_path: Path
 
 def test_existing_run_needs_resume(tiny_run: Path, pretrain_images: Path):
     with pytest.raises(RunExistsError, match="--resume"):
-        pretrain(tiny_config("train.steps=8"), [str(pretrain_images)], tiny_run, progress=False)
+        pretrain(tiny_config("train.steps=9"), [str(pretrain_images)], tiny_run, progress=False)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
@@ -158,21 +162,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
-    pretrain_images: Path, tmp_path: Path
+    pretrain_images: Path, tmp_path: Path, strategy: str
 ):
-    common = ("train.steps=3", "model.drop_path_rate=0")
+    common = ("train.steps=3", "train.checkpoint_every=2", "model.drop_path_rate=0")
     single = tmp_path / "single"
     subprocess.run(cli_command(pretrain_images, single, *common, "train.batch_size=8"),
                    env=subprocess_env(), check=True, capture_output=True)  # fmt: skip
     pair = tmp_path / "pair"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", str(free_port())]  # fmt: skip
-    command = cli_command(pretrain_images, pair, *common, "train.batch_size=4")
-    result = subprocess.run(
-        torchrun + command[1:], env=subprocess_env(), capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+                "--master-addr", "127.0.0.1"]  # fmt: skip
+    command = cli_command(pretrain_images, pair, *common, "train.batch_size=4",
+                          f"train.strategy={strategy}")[1:]  # fmt: skip
+    result = subprocess.run([*torchrun, "--master-port", str(free_port()), *command],
+                            env=subprocess_env(), capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert RadDino.from_pretrained(pair).config.embed_dim == 48
     one, two = read_metrics(single), read_metrics(pair)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2]
     for a, b in zip(one, two, strict=True):
@@ -184,3 +190,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
         # KoLeo looks for nearest neighbours within each process's batch (as DINOv2 does),
         # so its value depends on how the global batch is split
         assert a["koleo"] == pytest.approx(b["koleo"], rel=0.15)
+    if strategy == "fsdp":  # redo the last step from the sharded checkpoint of step 2
+        (pair / "checkpoints" / "step_0000003.pt").unlink()
+        result = subprocess.run([*torchrun, "--master-port", str(free_port()), *command, "--resume"],
+                                env=subprocess_env(), capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert losses_by_step(pair) == {r["step"]: tuple(r[k] for k in LOSSES) for r in two}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = "pre-train an encoder on unlabelled images (the RAD-DINO / DINOv2 recipe)"
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return 3
     finally:
         distributed.shutdown()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return 0
     if summary.start_step < summary.end_step:
         loss = summary.last_metrics.get("loss", float("nan"))
         print(

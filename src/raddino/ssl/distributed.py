@@ -70,6 +70,32 @@ def broadcast_module(module: torch.nn.Module, source: int = 0) -> None:
         dist.broadcast(tensor.data, src=source)
 
 
+def shard_branch(branch: torch.nn.Module) -> None:
+    """FSDP2 (``fully_shard``) on every block, the rest of the backbone and each head.
+
+    Student and teacher are sharded alike, so their local shards line up for the EMA update.
+    The branch itself is not wrapped: calling its backbone or a head gathers what they need.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in branch.backbone.blocks:
+        fully_shard(block)
+    fully_shard(branch.backbone)
+    fully_shard(branch.dino_head)
+    if branch.ibot_head is not None:
+        fully_shard(branch.ibot_head)
+
+
+def reshard(module: torch.nn.Module) -> None:
+    """Return every FSDP2 unit inside ``module`` to its sharded parameters (a root unit keeps
+    its gathered parameters after forward; the teacher's never see a backward to free them)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

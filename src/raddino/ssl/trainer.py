@@ -216,7 +216,11 @@ def pretrain(
     seed_everything(train.seed, env.rank, train.deterministic)  # per-process drop path
     meta.train()
     student: torch.nn.Module = meta.student
-    if env.distributed:
+    sharded = env.distributed and train.strategy == "fsdp"
+    if sharded:
+        distributed.shard_branch(meta.student)
+        distributed.shard_branch(meta.teacher)
+    elif env.distributed:
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
         student = DistributedDataParallel(meta.student, device_ids=device_ids)
     optimizer = build_optimizer(meta.student, config.optim)
@@ -225,8 +229,12 @@ def pretrain(
     start_step = 0
     if existing is not None:
         state = load_checkpoint(existing)
-        meta.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded", False) != sharded:
+            raise ValueError(
+                f"{existing}: written with train.strategy={'fsdp' if state.get('sharded') else 'ddp'}"
+                "; resume with the same strategy"
+            )
+        load_training_state(meta, optimizer, state, sharded)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"][env.rank] if isinstance(state["rng"], list) else state["rng"])
@@ -310,6 +318,9 @@ def pretrain(
                 out.total.backward()
                 clip_gradients(meta.student, config.optim.clip_grad)
                 optimizer.step()
+            if sharded:
+                distributed.reshard(meta.student)
+                distributed.reshard(meta.teacher)
             meta.update_teacher(values.momentum)
 
             if step % train.log_every == 0 or step == train.steps - 1:
@@ -333,7 +344,7 @@ def pretrain(
             bar.update(1)
             done = step + 1
             if done % train.checkpoint_every == 0 or done == train.steps:
-                save_run_checkpoint(run_dir, done, meta, optimizer, scaler, config, env)
+                save_run_checkpoint(run_dir, done, meta, optimizer, scaler, config, env, sharded)
     finally:
         bar.close()
         if log is not None:
@@ -341,6 +352,42 @@ def pretrain(
     seconds = time.perf_counter() - started
     distributed.barrier()
     return RunSummary(run_dir, start_step, train.steps, seconds, last)
+
+
+def training_state(
+    meta: StudentTeacher, optimizer: torch.optim.Optimizer, sharded: bool
+) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimiser state dicts; with FSDP gathered on rank 0."""
+    if not sharded:
+        return meta.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model = get_model_state_dict(meta, options=options)
+    optim = get_optimizer_state_dict(meta.student, optimizer, options=options)
+    return model, optim
+
+
+def load_training_state(
+    meta: StudentTeacher, optimizer: torch.optim.Optimizer, state: dict, sharded: bool
+) -> None:
+    if not sharded:
+        meta.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(meta, state["model"], options=options)
+    set_optimizer_state_dict(meta.student, optimizer, state["optimizer"], options=options)
 
 
 def save_run_checkpoint(
@@ -351,8 +398,10 @@ def save_run_checkpoint(
     scaler: torch.amp.GradScaler | None,
     config: PretrainConfig,
     env: distributed.DistEnv,
+    sharded: bool = False,
 ) -> None:
-    """Rank 0 writes the (replicated) state; every rank's RNG state is gathered into it."""
+    """Rank 0 writes the full state; every rank's RNG state is gathered into it."""
+    model_state, optim_state = training_state(meta, optimizer, sharded)
     states = [rng_state()]
     if env.distributed:
         import torch.distributed as dist
@@ -362,8 +411,9 @@ def save_run_checkpoint(
     if env.is_main:
         state = {
             "step": step,
-            "model": meta.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
+            "sharded": sharded,
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": states if env.distributed else states[0],
             "config": config.to_dict(),
