@@ -192,7 +192,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
         assert a["koleo"] == pytest.approx(b["koleo"], rel=0.15)
     if strategy == "fsdp":  # redo the last step from the sharded checkpoint of step 2
         (pair / "checkpoints" / "step_0000003.pt").unlink()
-        result = subprocess.run([*torchrun, "--master-port", str(free_port()), *command, "--resume"],
-                                env=subprocess_env(), capture_output=True, text=True)  # fmt: skip
+        again = [*torchrun, "--master-port", str(free_port()), *command, "--resume"]
+        result = subprocess.run(again, env=subprocess_env(), capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         assert losses_by_step(pair) == {r["step"]: tuple(r[k] for k in LOSSES) for r in two}

@@ -230,9 +230,9 @@ def pretrain(
     if existing is not None:
         state = load_checkpoint(existing)
         if state.get("sharded", False) != sharded:
+            written = "fsdp" if state.get("sharded") else "ddp"
             raise ValueError(
-                f"{existing}: written with train.strategy={'fsdp' if state.get('sharded') else 'ddp'}"
-                "; resume with the same strategy"
+                f"{existing}: written with train.strategy={written}; resume with the same strategy"
             )
         load_training_state(meta, optimizer, state, sharded)
         if scaler is not None and state.get("scaler"):
