@@ -1,0 +1,264 @@
+"""``raddino compare``: the same protocols for several encoders, in one table.
+
+All encoders are evaluated on the same images (those every encoder could read), with the same
+splits and the same bootstrap resamples, so their metrics are paired: the interval of each
+encoder's difference from the first (the reference) is computed resample by resample, and a
+difference whose interval excludes 0 is marked.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from raddino.eval.bootstrap import Estimate, percentile_interval
+from raddino.eval.encoders import EncoderSpec
+from raddino.eval.features import check_device, encode_for_eval, pooled_request
+from raddino.eval.probe import ProbeConfig
+from raddino.eval.probe_report import ProbeReport, load_probe_inputs, probe_encoded
+from raddino.eval.probe_report import write_probe_report as _write_probe
+from raddino.eval.segment import SegmentConfig
+from raddino.eval.segment_report import (
+    SegmentReport,
+    load_segment_inputs,
+    prepare_segmentation,
+    segment_encoded,
+    write_segment_report,
+)
+from raddino.eval.tables import (
+    METRIC_NAMES,
+    format_estimate,
+    format_number,
+    interval_note,
+    markdown_table,
+    write_json,
+    write_text,
+)
+from raddino.eval.targets import TargetKind
+from raddino.features.encode import EncodeOptions
+
+
+@dataclass
+class ComparisonRow:
+    """One metric of one target for every encoder, and the differences from the reference."""
+
+    task: str
+    target: str
+    metric: str
+    values: dict[str, Estimate]
+    differences: dict[str, Estimate] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task,
+            "target": self.target,
+            "metric": self.metric,
+            "values": self.values,
+            "differences": {
+                label: {**d.to_dict(), "significant": d.excludes(0.0)}
+                for label, d in self.differences.items()
+            },
+        }
+
+
+@dataclass
+class CompareReport:
+    encoders: list[dict]
+    rows: list[ComparisonRow]
+    n_resamples: int
+    level: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reference(self) -> str:
+        return self.encoders[0]["label"]
+
+    def to_dict(self) -> dict:
+        return {
+            "encoders": self.encoders,
+            "reference": self.reference,
+            "interval_level": self.level,
+            "n_resamples": self.n_resamples,
+            "rows": [row.to_dict() for row in self.rows],
+            "notes": self.notes,
+        }
+
+
+def unique_labels(specs: Sequence[EncoderSpec]) -> list[str]:
+    """Display labels, numbered where two encoders would share one."""
+    labels = [spec.label for spec in specs]
+    return [
+        f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)
+    ]
+
+
+def paired_row(
+    task: str,
+    target: str,
+    metric: str,
+    estimates: list[Estimate],
+    labels: list[str],
+    level: float = 0.95,
+) -> ComparisonRow:
+    """A table row; each difference from the reference (the first) resample by resample."""
+    row = ComparisonRow(task, target, metric, dict(zip(labels, estimates, strict=True)))
+    reference = estimates[0]
+    for label, estimate in zip(labels[1:], estimates[1:], strict=True):
+        if estimate.samples.shape != reference.samples.shape:
+            raise ValueError("paired differences need estimates from the same resamples")
+        samples = estimate.samples - reference.samples
+        low, high = percentile_interval(samples, level)
+        row.differences[label] = Estimate(estimate.value - reference.value, low, high, samples)
+    return row
+
+
+def probe_rows(reports: list[ProbeReport], labels: list[str], level: float) -> list[ComparisonRow]:
+    rows: list[ComparisonRow] = []
+    for protocol, first in reports[0].results.items():
+        for name, target in first.targets.items():
+            for metric in target.metrics:
+                estimates = [r.results[protocol].targets[name].metrics[metric] for r in reports]
+                rows.append(paired_row(protocol, name, metric, estimates, labels, level))
+        if len([t for t in first.targets.values() if t.kind == "binary"]) > 1:
+            for metric in first.macro:
+                estimates = [r.results[protocol].macro[metric] for r in reports]
+                rows.append(paired_row(protocol, "macro", metric, estimates, labels, level))
+    return rows
+
+
+def segment_rows(
+    reports: list[SegmentReport], labels: list[str], level: float
+) -> list[ComparisonRow]:
+    task = f"segment ({reports[0].head})"
+    names = list(reports[0].metrics) + (["mean"] if len(reports[0].metrics) > 1 else [])
+    rows = []
+    for name in names:
+        for metric in ("dice", "iou"):
+            estimates = [
+                r.mean[metric] if name == "mean" else r.metrics[name][metric] for r in reports
+            ]
+            rows.append(paired_row(task, name, metric, estimates, labels, level))
+    return rows
+
+
+def compare_markdown(report: CompareReport) -> str:
+    labels = [e["label"] for e in report.encoders]
+    table = []
+    for row in report.rows:
+        cells = [row.task, row.target, METRIC_NAMES.get(row.metric, row.metric)]
+        for label in labels:
+            cell = format_estimate(row.values[label])
+            if label in row.differences:
+                d = row.differences[label]
+                sign = "+" if d.value >= 0 else ""
+                mark = "*" if d.excludes(0.0) else ""
+                cell += f" (Δ {sign}{format_number(d.value)}{mark})"
+            cells.append(cell)
+        table.append(cells)
+    lines = [
+        "# Encoder comparison",
+        "",
+        *(f"- **{e['label']}**: `{e['source']}`" + _random_note(e) for e in report.encoders),
+        "",
+        f"Each cell: test metric [{report.level:.0%} CI]. Δ: difference from the reference "
+        f"**{report.reference}**; * marks a difference whose paired-bootstrap {report.level:.0%} "
+        "interval excludes 0 (same images, same patient resamples for every encoder).",
+        interval_note(report.n_resamples, report.level),
+        "",
+        markdown_table(["task", "target", "metric", *labels], table),
+    ]
+    if report.notes:
+        lines += ["", "Notes:", *(f"- {note}" for note in report.notes)]
+    return "\n".join(lines)
+
+
+def compare_encoders(
+    specs: Sequence[EncoderSpec],
+    manifest: str | Path,
+    out_dir: str | Path,
+    options: EncodeOptions,
+    *,
+    target_specs: Sequence[tuple[str, TargetKind | None]] = (),
+    structures: Sequence[str] = (),
+    features: str = "cls",
+    probe_config: ProbeConfig | None = None,
+    segment_config: SegmentConfig | None = None,
+    cache_dir: str | Path | None = None,
+) -> CompareReport:
+    """Probe (``target_specs``) and/or segment (``structures``) with every encoder; write
+    ``compare.md`` / ``compare.json`` and each encoder's own reports in a sub-directory."""
+    if len(specs) < 2:
+        raise ValueError("compare needs at least two encoders (or one and --random-baseline)")
+    if not target_specs and not structures:
+        raise ValueError("nothing to compare: give --targets and/or --masks")
+    check_device(options.device)
+    out = Path(out_dir)
+    cache = Path(cache_dir) if cache_dir is not None else out / "features"
+    labels = unique_labels(specs)
+    probe_config = probe_config or ProbeConfig()
+    segment_config = segment_config or SegmentConfig()
+    check_device(probe_config.device)
+    check_device(segment_config.device)
+    rows: list[ComparisonRow] = []
+    notes: list[str] = []
+    level, n_resamples = probe_config.level, probe_config.n_resamples
+    if target_specs:
+        inputs = load_probe_inputs(manifest, target_specs, probe_config.seed)
+        encoded = [
+            encode_for_eval(s, inputs.paths, cache, pooled_request(features), options)
+            for s in specs
+        ]
+        valid = np.logical_and.reduce([e.valid for e in encoded])
+        used = inputs.usable(valid)
+        reports = []
+        for spec, label, enc in zip(specs, labels, encoded, strict=True):
+            print(f"probing {label}", file=sys.stderr)
+            report = probe_encoded(spec, inputs, enc, used, features, probe_config)
+            _write_probe(report, out / _slug(label))
+            reports.append(report)
+        rows += probe_rows(reports, labels, probe_config.level)
+        notes += reports[0].notes
+    if structures:
+        seg_inputs = load_segment_inputs(manifest, list(structures), segment_config.seed)
+        prepared = [
+            prepare_segmentation(s, seg_inputs, options, segment_config, cache) for s in specs
+        ]
+        valid = np.logical_and.reduce([p[0].valid for p in prepared])
+        used = np.flatnonzero(valid & (seg_inputs.splits.split != ""))
+        seg_reports = []
+        for spec, label, (enc, masks, model) in zip(specs, labels, prepared, strict=True):
+            print(f"segmenting with {label}", file=sys.stderr)
+            report = segment_encoded(
+                spec,
+                seg_inputs,
+                enc,
+                masks,
+                model.config.depth,
+                model.preprocess_config,
+                used,
+                segment_config,
+                out / _slug(label) / "segment",
+            )
+            write_segment_report(report, out / _slug(label) / "segment")
+            seg_reports.append(report)
+        rows += segment_rows(seg_reports, labels, segment_config.level)
+        if not target_specs:
+            level, n_resamples = segment_config.level, segment_config.n_resamples
+            notes += seg_reports[0].notes
+    encoders = [{**s.describe(), "label": label} for s, label in zip(specs, labels, strict=True)]
+    report = CompareReport(encoders, rows, n_resamples, level, list(dict.fromkeys(notes)))
+    write_json(out / "compare.json", report.to_dict())
+    write_text(out / "compare.md", compare_markdown(report))
+    return report
+
+
+def _random_note(encoder: dict) -> str:
+    return " (random initialisation)" if encoder["random_init"] else ""
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_") or "encoder"

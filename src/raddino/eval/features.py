@@ -1,0 +1,154 @@
+"""Features once: encode a manifest's images into a cached features store, aligned with its rows.
+
+The store lives in ``cache_root/<encoder label>-<key>``, where the key hashes the encoder's
+fingerprint (weights, random seed, image size) and the storage settings (patch tokens, layers,
+precision). Running an evaluation again, or another evaluation needing the same features, reads
+the store instead of encoding; new images are added to it (the store is resumable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raddino.eval.encoders import EncoderSpec
+from raddino.features.encode import EncodeOptions, PatchMode, encode_to_store, resolve_dtype
+from raddino.features.store import Features, load_features
+from raddino.models.encoder import RadDino
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """What an evaluation needs from the store: patch tokens and extra blocks (0-based)."""
+
+    patch_tokens: PatchMode = "none"
+    layers: tuple[int, ...] = ()
+
+
+@dataclass
+class EncodedRows:
+    """Features of manifest rows: ``row[i]`` is row i's index in ``features``, -1 if rejected."""
+
+    features: Features
+    row: np.ndarray
+    store: Path
+    rejects: dict[str, str]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(N,) bool: manifest rows that have features."""
+        return self.row >= 0
+
+
+def check_device(device: str) -> torch.device:
+    """The device, or a ValueError when it is CUDA on a machine without CUDA."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r}: {error}") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+def store_directory(
+    cache_root: str | Path, spec: EncoderSpec, request: FeatureRequest, options: EncodeOptions
+) -> Path:
+    """The cache directory for this encoder and these settings."""
+    dtype = resolve_dtype(options.dtype, torch.device(options.device))
+    key = {
+        "encoder": spec.fingerprint(),
+        "patch_tokens": request.patch_tokens,
+        "layers": sorted(set(request.layers)),
+        "dtype": str(dtype),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.label).strip("_") or "encoder"
+    return Path(cache_root) / f"{slug[:48]}-{digest}"
+
+
+def _covered(store: Path, paths: Sequence[str]) -> Features | None:
+    """The store's features when it already holds (or rejected) every path, else None."""
+    if not (store / "index.csv").exists():
+        return None
+    features = load_features(store)
+    done = set(features.paths) | {path for path, _ in features.rejects}
+    return features if all(path in done for path in paths) else None
+
+
+def encode_for_eval(
+    spec: EncoderSpec,
+    paths: Sequence[str],
+    cache_root: str | Path,
+    request: FeatureRequest,
+    options: EncodeOptions,
+    model: RadDino | None = None,
+) -> EncodedRows:
+    """Features of ``paths`` (manifest rows), encoding only what the cache lacks.
+
+    ``model`` is ``spec.load()`` when the caller already has it. Layer indices must be
+    non-negative (resolve them with the model's depth first).
+    """
+    if any(layer < 0 for layer in request.layers):
+        raise ValueError(f"layers {request.layers}: resolve negative indices first")
+    store = store_directory(cache_root, spec, request, options)
+    wanted = list(dict.fromkeys(str(p) for p in paths))
+    features = _covered(store, wanted)
+    if features is None:
+        encoder = model if model is not None else spec.load()
+        print(f"encoding {len(wanted)} images with {spec.label} into {store}", file=sys.stderr)
+        run = replace(options, patch_tokens=request.patch_tokens, layers=tuple(request.layers))
+        encode_to_store(encoder, wanted, store, run, model_id=spec.fingerprint())
+        features = load_features(store)
+    position = {path: i for i, path in enumerate(features.paths)}
+    rejects = {path: reason for path, reason in features.rejects}
+    row = np.array([position.get(str(p), -1) for p in paths], dtype=np.int64)
+    missing = [str(p) for p, r in zip(paths, row, strict=True) if r < 0 and str(p) not in rejects]
+    if missing:
+        raise RuntimeError(f"features store {store} lacks {len(missing)} images: {missing[:3]}")
+    return EncodedRows(features, row, store, rejects)
+
+
+def pooled_features(
+    encoded: EncodedRows, rows: np.ndarray, kind: str = "cls", blocks: Sequence[int] = ()
+) -> np.ndarray:
+    """Image-level features (len(rows), F) of manifest rows as in DINOv2's linear evaluation.
+
+    kind: ``cls`` or ``cls+mean`` (CLS concatenated with the mean patch token). blocks: extra
+    intermediate blocks whose features are concatenated before the last block's.
+    """
+    if kind not in ("cls", "cls+mean"):
+        raise ValueError(f"features {kind!r}: choose 'cls' or 'cls+mean'")
+    features = encoded.features
+    index = encoded.row[rows]
+    if np.any(index < 0):
+        raise ValueError("pooled_features: some rows have no features (rejected images)")
+    parts: list[np.ndarray] = []
+    for block in blocks:
+        layer = (features.layers or {}).get(block)
+        if layer is None:
+            raise ValueError(f"features store {encoded.store} has no block {block}")
+        parts.append(layer.cls[index])
+        if kind == "cls+mean":
+            if layer.patch_mean is None:
+                raise ValueError(f"features store {encoded.store} has no patch means")
+            parts.append(layer.patch_mean[index])
+    parts.append(features.cls[index])
+    if kind == "cls+mean":
+        if features.patch_mean is None:
+            raise ValueError(f"features store {encoded.store} has no patch means")
+        parts.append(features.patch_mean[index])
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def pooled_request(kind: str, blocks: Sequence[int] = ()) -> FeatureRequest:
+    """The store settings :func:`pooled_features` needs."""
+    return FeatureRequest("pooled" if kind == "cls+mean" else "none", tuple(blocks))

@@ -1,0 +1,97 @@
+"""Markdown and JSON output of evaluation results."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from raddino.eval.bootstrap import Estimate
+
+METRIC_NAMES = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "mae": "MAE",
+    "r2": "R²",
+    "pearson_r": "Pearson r",
+    "dice": "Dice",
+    "iou": "IoU",
+}
+PROTOCOL_NAMES = {
+    "linear": "linear probe (logistic regression; ridge regression for continuous targets)",
+    "knn": "weighted k-NN",
+}
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def format_estimate(estimate: Estimate, digits: int = 3) -> str:
+    """``0.912 [0.890, 0.931]``."""
+    value = format_number(estimate.value, digits)
+    if not (math.isfinite(estimate.low) and math.isfinite(estimate.high)):
+        return value
+    return (
+        f"{value} [{format_number(estimate.low, digits)}, {format_number(estimate.high, digits)}]"
+    )
+
+
+def format_hyper(hyper: dict[str, float]) -> str:
+    parts = []
+    for key, value in hyper.items():
+        if key.startswith("val_"):
+            continue
+        parts.append(f"{key}={value:g}")
+    return ", ".join(parts)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table; ``|`` in cells is escaped."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
+
+
+def to_jsonable(value: object) -> object:
+    """Estimates, numpy scalars, non-finite floats (-> null), paths, containers -> JSON types."""
+    if isinstance(value, Estimate):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | Path, data: object) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(data), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    return path
+
+
+def interval_note(n_resamples: int, level: float) -> str:
+    return (
+        f"Intervals: {level:.0%} percentile bootstrap over {n_resamples} resamples of test "
+        "patients (all images of a drawn patient)."
+    )

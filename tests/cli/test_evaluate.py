@@ -1,0 +1,154 @@
+"""``raddino probe``, ``segment`` and ``compare`` end to end on tiny models and images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raddino.cli.main import main
+from tests.conftest import SMALL_HF_CONFIG, make_hf_model
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 small images: ``bright`` (planted: overall brightness), ``sex`` (F/M, random), ``age``
+    (continuous, follows brightness), a disk mask; 36/12/12 split, 2 images per patient."""
+    root = tmp_path_factory.mktemp("cohort")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:70, 0:70]
+    rows = []
+    for i in range(60):
+        patient = i // 2
+        bright = patient % 2
+        level = 150 if bright else 80
+        disk = (yy - 35) ** 2 + (xx - 20 - 30 * (patient % 3 == 0)) ** 2 < 15**2
+        image = np.clip(level + 60 * disk + rng.normal(0, 8, disk.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"img{i}.png")
+        Image.fromarray(disk.astype(np.uint8) * 255).save(root / f"mask{i}.png")
+        split = "train" if patient < 18 else ("val" if patient < 24 else "test")
+        rows.append(
+            {
+                "path": f"img{i}.png",
+                "split": split,
+                "patient_id": f"p{patient}",
+                "bright": str(bright) if i != 5 else "",
+                "sex": "FM"[int(rng.integers(0, 2))] if split != "test" else "FM"[i % 2],
+                "age": f"{40 + 30 * bright + rng.normal(0, 3):.1f}",
+                "mask_disk": f"mask{i}.png",
+            }
+        )
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "manifest.csv"
+
+
+COMMON = ["--image-size", "56", "--workers", "0", "--no-progress", "--bootstrap", "200"]
+
+
+def test_probe_writes_tables_and_reuses_cached_features(small_hf_dir, cohort, tmp_path, capsys):
+    out = tmp_path / "probe"
+    args = ["probe", "--model", str(small_hf_dir), "--manifest", str(cohort), "--out", str(out),
+            "--targets", "bright,sex", "age", "--features", "cls+mean", *COMMON]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "encoding 60 images" in captured.err
+    assert f"probe report: {out / 'probe.md'}" in captured.out
+    report = json.loads((out / "probe.json").read_text())
+    linear = report["protocols"]["linear"]["targets"]
+    assert linear["bright"]["metrics"]["auroc"]["value"] > 0.9
+    assert linear["bright"]["counts"]["train"]["known"] == 35  # one unknown label
+    assert linear["sex"]["positive"] == "M"
+    assert set(linear["age"]["metrics"]) == {"mae", "r2", "pearson_r"}
+    assert set(report["protocols"]) == {"linear", "knn"}
+    markdown = (out / "probe.md").read_text()
+    assert "| bright |" in markdown and "| sex (= M) |" in markdown and "| age |" in markdown
+    with (out / "predictions.csv").open() as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 2 * 3 * 12  # protocols x targets x test images
+
+    assert main(args) == 0  # the features are read from the cache this time
+    assert "encoding" not in capsys.readouterr().err
+
+
+def test_probe_names_missing_columns_and_one_class_targets(small_hf_dir, cohort, tmp_path, capsys):
+    base = ["probe", "--model", str(small_hf_dir), "--manifest", str(cohort),
+            "--out", str(tmp_path / "out"), *COMMON]  # fmt: skip
+    assert main([*base, "--targets", "bright", "bmi"]) == 2
+    assert "lacks column(s) 'bmi'" in capsys.readouterr().err
+    with cohort.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["path"] = str(cohort.parent / row["path"])
+        row["one_class"] = "1" if row["split"] == "test" else str(int(row["bright"] or 0))
+    edited = tmp_path / "edited.csv"
+    with edited.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    base[4] = str(edited)
+    assert main([*base, "--targets", "one_class"]) == 2
+    assert "'one_class' has one class only in the test split" in capsys.readouterr().err
+
+
+def test_segment_linear_head(small_hf_dir, cohort, tmp_path, capsys):
+    out = tmp_path / "segment"
+    args = ["segment", "--model", str(small_hf_dir), "--manifest", str(cohort), "--out", str(out),
+            "--masks", "disk", "--epochs", "3", "--lr", "1e-2", "--overlays", "1",
+            *COMMON]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "disk: Dice " in printed and "segment.md" in printed
+    assert json.loads((out / "segment.json").read_text())["metrics"]["disk"]["dice"]["value"] > 0
+    assert len(list((out / "overlays").glob("*.png"))) == 1
+
+
+def test_compare_makes_one_table_for_two_encoders(small_hf_dir, cohort, tmp_path, capsys):
+    other = make_hf_model(tmp_path / "other", seed=1, **SMALL_HF_CONFIG)
+    out = tmp_path / "compare"
+    args = ["compare", "--models", f"first={small_hf_dir}", f"second={other}",
+            "--manifest", str(cohort), "--out", str(out), "--targets", "bright", "age",
+            "--protocols", "linear", *COMMON]  # fmt: skip
+    assert main(args) == 0
+    markdown = (out / "compare.md").read_text()
+    headers = [line for line in markdown.splitlines() if line.startswith("| task |")]
+    assert headers == ["| task | target | metric | first | second |"]
+    table = [line for line in markdown.splitlines() if line.startswith("| linear |")]
+    assert len(table) == 5  # bright: AUROC, AUPRC; age: MAE, R², Pearson r
+    assert all("Δ" in line for line in table)
+    report = json.loads((out / "compare.json").read_text())
+    assert report["reference"] == "first"
+    for row in report["rows"]:
+        assert set(row["values"]) == {"first", "second"}
+        assert set(row["differences"]) == {"second"}
+        assert isinstance(row["differences"]["second"]["significant"], bool)
+    assert (out / "first" / "probe.md").exists() and (out / "second" / "probe.md").exists()
+    assert "comparison:" in capsys.readouterr().out
+
+
+def test_compare_with_random_baseline_and_segmentation(small_hf_dir, cohort, tmp_path):
+    out = tmp_path / "compare"
+    args = ["compare", "--models", str(small_hf_dir), "--random-baseline", "--manifest",
+            str(cohort), "--out", str(out), "--masks", "disk", "--epochs", "2",
+            "--overlays", "0", *COMMON]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "compare.json").read_text())
+    labels = [e["label"] for e in report["encoders"]]
+    assert labels == [small_hf_dir.name, f"random-init({small_hf_dir.name})"]
+    assert report["encoders"][1]["random_init"] is True
+    assert {row["task"] for row in report["rows"]} == {"segment (linear)"}

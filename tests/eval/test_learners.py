@@ -1,0 +1,72 @@
+"""The probes' solvers reach their optima."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raddino.eval.knn import knn_scores, normalise
+from raddino.eval.logistic import fit_logistic, regularisation_path, sample_weights
+from raddino.eval.ridge import ridge_path
+
+
+def logistic_objective(x, labels, weight, bias, lam):
+    weights = sample_weights(labels)
+    logits = x @ weight + bias
+    loss = F.binary_cross_entropy_with_logits(
+        logits, torch.nan_to_num(labels), weight=weights, reduction="sum"
+    )
+    return loss + 0.5 * (lam * weight.pow(2).sum(0)).sum()
+
+
+def test_logistic_fit_reaches_the_regularised_optimum():
+    torch.manual_seed(0)
+    x = torch.randn(400, 10, dtype=torch.float64)
+    labels = (x[:, :2] + torch.randn(400, 2, dtype=torch.float64) > 0).double()
+    labels[::7, 1] = float("nan")
+    lam = torch.tensor([0.1, 0.01], dtype=torch.float64)
+    model = fit_logistic(x, labels, lam)
+    weight = model.weight.clone().requires_grad_(True)
+    bias = model.bias.clone().requires_grad_(True)
+    logistic_objective(x, labels, weight, bias, lam).backward()
+    assert weight.grad.abs().max() < 1e-5 and bias.grad.abs().max() < 1e-5
+
+
+def test_joint_path_equals_separate_fits():
+    torch.manual_seed(1)
+    x = torch.randn(300, 6, dtype=torch.float64)
+    labels = (x[:, :3] + torch.randn(300, 3, dtype=torch.float64) > 0.3).double()
+    path = regularisation_path(x, labels, (1.0, 0.01))
+    for model, lam in zip(path, (1.0, 0.01), strict=True):
+        alone = fit_logistic(x, labels, lam)
+        assert torch.allclose(model.weight, alone.weight, atol=1e-4)
+
+
+def test_ridge_path_matches_the_closed_form():
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.normal(size=(80, 5)))
+    y = x @ torch.tensor([1.0, -2.0, 0.0, 0.5, 3.0], dtype=torch.float64) + 4
+    y = y + torch.tensor(rng.normal(size=80))
+    y[3] = float("nan")
+    path = ridge_path(x, y, [1e-3, 1.0])
+    known = ~torch.isnan(y)
+    xk, yk = x[known], y[known]
+    for i, alpha in enumerate([1e-3, 1.0]):
+        xc, yc = xk - xk.mean(0), yk - yk.mean()
+        expected = torch.linalg.solve(xc.T @ xc + len(yk) * alpha * torch.eye(5), xc.T @ yc)
+        assert torch.allclose(path.weights[i], expected, atol=1e-8)
+    assert path.predict(x).shape == (80, 2)
+
+
+def test_knn_votes_of_the_nearest_known_neighbours():
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    labels = torch.tensor([[1.0, float("nan")], [1.0, 5.0], [0.0, 7.0], [0.0, 9.0]])
+    centre = torch.zeros(2)
+    scores = knn_scores(normalise(bank, centre), labels, normalise(bank[:1], centre), ks=(1, 4))
+    assert scores[1][0, 0] == 1.0  # itself
+    assert scores[1][0, 1] == 5.0  # its own label is unknown: the next neighbour's
+    assert 0.5 < scores[4][0, 0] < 1.0  # all four vote, the similar ones more
+    with pytest.raises(ValueError, match="empty"):
+        knn_scores(bank[:0], labels[:0], bank)
