@@ -12,9 +12,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 
 from raddino import __version__
-from raddino.cli import compare, data, encode, export, pretrain, probe, segment
+from raddino.cli import compare, data, encode, export, pretrain, probe, report, segment, synth
 
-COMMANDS = (encode, export, pretrain, probe, segment, compare, data)
+COMMANDS = (encode, export, pretrain, probe, segment, compare, data, synth, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
