@@ -10,15 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-XRV_VERSION = "1.5.7"
+from tests.resources import XRV_VERSION, cache_dir, torchxrayvision_wheel
+
 XRV_FILES = (
     "Data_Entry_2017_v2020.csv.gz",
     "BBox_List_2017.csv.gz",
@@ -30,34 +29,13 @@ XRV_FILES = (
 )
 
 
-def cache_dir() -> Path:
-    default = Path.home() / ".cache" / "raddino" / "test-resources"
-    return Path(os.environ.get("RADDINO_TEST_CACHE") or default).expanduser()
-
-
 def fetch_xrv_data() -> Path:
     """The folder holding `XRV_FILES`; raises RuntimeError when it cannot be obtained."""
     cache = cache_dir()
     target = cache / f"torchxrayvision-{XRV_VERSION}-data"
     if all((target / name).is_file() for name in XRV_FILES):
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    wheel = cache / f"torchxrayvision-{XRV_VERSION}-py3-none-any.whl"
-    if not wheel.is_file():
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            command = [
-                sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                "--quiet", "--disable-pip-version-check", f"torchxrayvision=={XRV_VERSION}",
-                "-d", tmp,
-            ]  # fmt: skip
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            found = sorted(Path(tmp).glob("torchxrayvision-*.whl"))
-            if result.returncode != 0 or not found:
-                raise RuntimeError(
-                    f"pip download torchxrayvision=={XRV_VERSION} failed: "
-                    f"{(result.stderr or result.stdout).strip()[-300:]}"
-                )
-            os.replace(found[0], wheel)
+    wheel = torchxrayvision_wheel()
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         with zipfile.ZipFile(wheel) as archive:
             for name in XRV_FILES:

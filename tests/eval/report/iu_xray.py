@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import tarfile
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-XRV_VERSION = "1.5.7"
+from tests.resources import XRV_VERSION, cache_dir, torchxrayvision_wheel
+
 MEMBER = "torchxrayvision/data/NLMCXR_reports.tgz"
 
 # our finding -> MeSH headings (the part before the first '/') that mean it
@@ -50,34 +48,12 @@ MESH: dict[str, tuple[str, ...]] = {
 }
 
 
-def cache_dir() -> Path:
-    default = Path.home() / ".cache" / "raddino" / "test-resources"
-    return Path(os.environ.get("RADDINO_TEST_CACHE") or default).expanduser()
-
-
 def fetch_reports_archive() -> Path:
     """``NLMCXR_reports.tgz``; raises RuntimeError when the wheel cannot be downloaded."""
-    cache = cache_dir()
-    target = cache / f"torchxrayvision-{XRV_VERSION}-NLMCXR_reports.tgz"
+    target = cache_dir() / f"torchxrayvision-{XRV_VERSION}-NLMCXR_reports.tgz"
     if target.is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    wheel = cache / f"torchxrayvision-{XRV_VERSION}-py3-none-any.whl"
-    if not wheel.is_file():
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            command = [
-                sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                "--quiet", "--disable-pip-version-check", f"torchxrayvision=={XRV_VERSION}",
-                "-d", tmp,
-            ]  # fmt: skip
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            found = sorted(Path(tmp).glob("torchxrayvision-*.whl"))
-            if result.returncode != 0 or not found:
-                raise RuntimeError(
-                    f"pip download torchxrayvision=={XRV_VERSION} failed: "
-                    f"{(result.stderr or result.stdout).strip()[-300:]}"
-                )
-            os.replace(found[0], wheel)
+    wheel = torchxrayvision_wheel()
     with zipfile.ZipFile(wheel) as archive:
         data = archive.read(MEMBER)
     tmp_file = target.with_name(target.name + f".{os.getpid()}.tmp")
