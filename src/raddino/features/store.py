@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from raddino.atomic import TMP_PREFIX, fsync_dir, write_bytes_atomic
+
 __all__ = [
     "FeatureStoreWriter",
     "Features",
@@ -51,7 +53,6 @@ _REJECTS_LOG = "rejects.jsonl"
 _INDEX_FILE = "index.csv"
 _REJECTS_FILE = "rejects.csv"
 _PATHS_FILE = "paths.json"
-_TMP_PREFIX = ".tmp-"
 
 _MISSING = object()  # sentinel for a meta key absent on one side
 
@@ -252,28 +253,6 @@ class StoreSummary:
 # --------------------------------------------------------------------------- file helpers
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/creation inside ``path`` durable (no-op where directories can't be opened)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temp file in the same directory and a rename."""
-    tmp = path.with_name(_TMP_PREFIX + path.name)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     lines: list[str] = []
 
@@ -372,12 +351,12 @@ class FeatureStoreWriter:
         self._rejects_log: Path = self.out_dir / _REJECTS_LOG
 
         self._open_or_create()
-        for leftover in self._shards_dir.glob(_TMP_PREFIX + "*"):
+        for leftover in self._shards_dir.glob(TMP_PREFIX + "*"):
             if leftover.is_dir():
                 shutil.rmtree(leftover)
             else:
                 leftover.unlink()
-        for leftover in self.out_dir.glob(_TMP_PREFIX + "*"):
+        for leftover in self.out_dir.glob(TMP_PREFIX + "*"):
             if leftover.is_file():
                 leftover.unlink()
         self._repair_rejects_log()
@@ -425,7 +404,7 @@ class FeatureStoreWriter:
             self._shards_dir.mkdir(exist_ok=True)
             return
         if d.exists():
-            entries = [p for p in d.iterdir() if p.name != _TMP_PREFIX + _META_FILE]
+            entries = [p for p in d.iterdir() if not p.name.startswith(TMP_PREFIX)]
             if entries:
                 raise StoreMismatchError(
                     f"{d} is not empty and is not a raddino features store (no {_META_FILE}); "
@@ -433,9 +412,9 @@ class FeatureStoreWriter:
                 )
         d.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **self.meta}
-        _write_atomic(d / _META_FILE, (json.dumps(header, indent=2) + "\n").encode("utf-8"))
+        write_bytes_atomic(d / _META_FILE, (json.dumps(header, indent=2) + "\n").encode("utf-8"))
         self._shards_dir.mkdir(exist_ok=True)
-        _fsync_dir(d)
+        fsync_dir(d)
 
     def _repair_rejects_log(self) -> None:
         """Drop a torn last line of rejects.jsonl so new lines start on a line of their own."""
@@ -538,7 +517,7 @@ class FeatureStoreWriter:
 
         name = f"{self._next_shard:05d}"
         self._next_shard += 1
-        tmp = self._shards_dir / (_TMP_PREFIX + name)
+        tmp = self._shards_dir / (TMP_PREFIX + name)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
@@ -551,9 +530,9 @@ class FeatureStoreWriter:
                 np.save(f, np.ascontiguousarray(a), allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, self._shards_dir / name)
-        _fsync_dir(self._shards_dir)
+        fsync_dir(self._shards_dir)
         self.done.update(paths)
 
     def _invalidate_index(self) -> None:
@@ -562,7 +541,7 @@ class FeatureStoreWriter:
             return
         for name in (_INDEX_FILE, _REJECTS_FILE):
             (self.out_dir / name).unlink(missing_ok=True)
-        _fsync_dir(self.out_dir)
+        fsync_dir(self.out_dir)
         self._index_stale = True
 
     # ----------------------------------------------------------------- finishing
@@ -583,8 +562,12 @@ class FeatureStoreWriter:
 
         index_rows = [(p, *location[p]) for p in order if p in location]
         reject_rows = [(p, reasons[p]) for p in order if p not in location and p in reasons]
-        _write_atomic(self.out_dir / _REJECTS_FILE, _csv_bytes(("path", "reason"), reject_rows))
-        _write_atomic(self.out_dir / _INDEX_FILE, _csv_bytes(("path", "shard", "row"), index_rows))
+        write_bytes_atomic(
+            self.out_dir / _REJECTS_FILE, _csv_bytes(("path", "reason"), reject_rows)
+        )
+        write_bytes_atomic(
+            self.out_dir / _INDEX_FILE, _csv_bytes(("path", "shard", "row"), index_rows)
+        )
         self._finalized = True
         return StoreSummary(
             encoded=len(index_rows),

@@ -9,11 +9,12 @@ temporary name and renamed, so a kill leaves the previous checkpoint intact; the
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from raddino.atomic import write_atomic
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -35,24 +36,6 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(temp_path)``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        write(temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep_last: int) -> Path:

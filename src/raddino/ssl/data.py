@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from torchvision.transforms.v2 import functional as TF
 
 from raddino.data.io import ImageReadError, read_image, to_uint8
 from raddino.ssl.augment import MultiCrop
@@ -38,8 +39,6 @@ def grey_uint8(path: str, max_side: int) -> torch.Tensor:
     if max(height, width) > max_side:
         scale = max_side / max(height, width)
         size = [max(1, round(height * scale)), max(1, round(width * scale))]
-        from torchvision.transforms.v2 import functional as TF
-
         tensor = TF.resize(tensor, size, antialias=True)
     return tensor
 

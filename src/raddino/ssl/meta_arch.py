@@ -7,7 +7,6 @@ drop path, never trained by gradients. The DINO and iBOT centring states live in
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 
 import torch
@@ -184,8 +183,3 @@ class StudentTeacher(nn.Module):
             teacher_entropy=teacher_entropy(cls_probs).detach(),
             cls_std=teacher_cls.std(dim=0).mean().detach(),
         )
-
-
-def copy_backbone(meta: StudentTeacher) -> VisionTransformer:
-    """A standalone copy of the teacher backbone (what DINOv2 releases)."""
-    return copy.deepcopy(meta.teacher.backbone)

@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from raddino.ssl.checkpoint import write_atomic
+from raddino.atomic import write_atomic
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -21,11 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from raddino.atomic import write_atomic
 from raddino.data.manifest import collect_inputs
 from raddino.models.heads import HeadConfig, load_head_file
 from raddino.models.vit import ViTConfig, vit_config
 from raddino.ssl import distributed
-from raddino.ssl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from raddino.ssl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from raddino.ssl.config import PretrainConfig
 from raddino.ssl.data import PretrainStream, StreamSampler, collate_crops
 from raddino.ssl.masking import BlockMasking, sample_batch_masks

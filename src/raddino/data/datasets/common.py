@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raddino.atomic import write_bytes_atomic as write_atomic
+
 __all__ = [
     "FRONTAL_VIEWS",
     "DatasetLayoutError",
@@ -506,21 +508,6 @@ def find_images_by_stem(
 def _looks_like_uid(name: str) -> bool:
     """A DICOM UID such as 1.2.840.113619.2.55.3 (dots, digits only) used as a file name."""
     return bool(re.fullmatch(r"\d+(\.\d+){3,}", name))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (no partial files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from raddino.atomic import write_atomic
 from raddino.data.synth.anatomy import PREP_VERSION, cached_anatomy, read_anatomy
 from raddino.data.synth.findings import DEFAULT_PREVALENCE, FINDINGS
 from raddino.data.synth.patient import CohortOptions, sample_patient
@@ -198,12 +199,14 @@ def render_rows(
 
 def write_manifest(rows: list[dict[str, str]], path: Path) -> None:
     """Write the manifest atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(temp: Path) -> None:
+        with temp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
 
 
 def generate_cohort(

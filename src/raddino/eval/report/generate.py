@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from raddino.atomic import write_atomic
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.features import check_device
 from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
@@ -96,17 +96,16 @@ def generate_reports(
         images = tokens(batch).to(device)
         texts = model.generate(images, options.max_new_tokens, options.num_beams)
         reports.update(zip(batch.tolist(), texts, strict=True))
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "report"])
-        for i, path in enumerate(rows.paths):
-            if i in reports:
-                writer.writerow([path, reports[i]])
-    os.replace(tmp, out)
-    return out
+
+    def write(temp: Path) -> None:
+        with temp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "report"])
+            for i, path in enumerate(rows.paths):
+                if i in reports:
+                    writer.writerow([path, reports[i]])
+
+    return write_atomic(out_file, write)
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:

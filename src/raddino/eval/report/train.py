@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raddino.atomic import write_atomic
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.features import check_device
 from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
@@ -157,9 +157,7 @@ def _identity(run_config: dict) -> str:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda temp: torch.save(obj, temp))
 
 
 def train_report_model(
