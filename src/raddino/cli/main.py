@@ -12,9 +12,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 
 from raddino import __version__
-from raddino.cli import compare, data, encode, export, pretrain, probe, report, segment, synth
+from raddino.cli import (
+    compare,
+    data,
+    encode,
+    export,
+    pca,
+    pretrain,
+    probe,
+    report,
+    segment,
+    similarity,
+    synth,
+)
 
-COMMANDS = (encode, export, pretrain, probe, segment, compare, data, synth, report)
+COMMANDS = (encode, export, pretrain, probe, segment, compare, data, synth, report, similarity, pca)
 
 
 def build_parser() -> argparse.ArgumentParser:

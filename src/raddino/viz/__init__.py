@@ -1,0 +1,33 @@
+"""Figures of what a RAD-DINO encoder sees: patch similarity maps, PCA of patch tokens, loss curves.
+
+* :mod:`raddino.viz.similarity`: the paper's Figure 2 (one query patch against every patch of
+  other images);
+* :mod:`raddino.viz.pca`: DINOv2's visualisation, the first three principal components of the
+  patch tokens as RGB;
+* :mod:`raddino.viz.plots`: pre-training curves from ``metrics.jsonl``.
+
+Figures are drawn with matplotlib's object API (no pyplot, no global backend) and written
+atomically.
+"""
+
+from raddino.viz.pca import pca_rgb, pca_rgb_from_tokens, save_pca_figure, upsample_nearest
+from raddino.viz.plots import plot_training_curves, read_metrics_file
+from raddino.viz.similarity import (
+    SimilarityMaps,
+    patch_similarity,
+    point_to_patch,
+    save_similarity_figure,
+)
+
+__all__ = [
+    "SimilarityMaps",
+    "patch_similarity",
+    "pca_rgb",
+    "pca_rgb_from_tokens",
+    "plot_training_curves",
+    "point_to_patch",
+    "read_metrics_file",
+    "save_pca_figure",
+    "save_similarity_figure",
+    "upsample_nearest",
+]
