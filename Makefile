@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-output
 
 .PHONY: venv test lint format demo bench clean
 
@@ -27,9 +28,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: venv
-	@echo "raddino demo: the end-to-end demo (synthetic cohort -> pre-training -> evaluation) is not built yet."
-	@echo "Today raddino encodes radiographs: see 'Quick start' in README.md."
-	@exit 1
+	$(BIN)/raddino demo --out $(DEMO_OUT)
 
 bench: venv
 	$(BIN)/python benchmarks/encode_throughput.py

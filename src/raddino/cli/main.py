@@ -15,6 +15,7 @@ from raddino import __version__
 from raddino.cli import (
     compare,
     data,
+    demo,
     encode,
     export,
     pca,
@@ -26,7 +27,20 @@ from raddino.cli import (
     synth,
 )
 
-COMMANDS = (encode, export, pretrain, probe, segment, compare, data, synth, report, similarity, pca)
+COMMANDS = (
+    demo,
+    encode,
+    export,
+    pretrain,
+    probe,
+    segment,
+    compare,
+    data,
+    synth,
+    report,
+    similarity,
+    pca,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

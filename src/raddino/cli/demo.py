@@ -1,0 +1,155 @@
+"""``raddino demo``: synthetic cohort -> pre-training -> evaluation -> REPORT.md, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raddino.demo.options import DemoOptions
+    from raddino.demo.pipeline import Demo
+    from raddino.demo.stages import StageOutcome
+
+HELP = "the end-to-end demo: synthetic cohort, pre-training, evaluation against random, report"
+EPILOG = """examples:
+  raddino demo --out demo/            # the full demo (timings: docs/demo.md); re-run to resume
+  raddino demo --out demo/ --quick    # a smoke run in about a minute
+  raddino demo --out demo/ --steps 600 optim.base_lr=1e-3 --no-reports
+"""
+
+
+def _count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from error
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help=HELP,
+        description=HELP + ". Every stage is cached in --out: running the command again skips "
+        "finished stages, continues an interrupted one, and redoes the stages whose options "
+        "changed (and those after them).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="pre-training config overrides"
+    )
+    parser.add_argument(
+        "--out", required=True, help="demo directory (created; resumed if it exists)"
+    )
+    parser.add_argument(
+        "--images", type=_count, default=None, help="cohort size (default: 2000; --quick: 48)"
+    )
+    parser.add_argument(
+        "--size", type=_count, default=None, help="image side in pixels (default: 160; --quick: 64)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the cohort, training and evaluation"
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="pre-training preset (default: configs/tiny_cpu.yaml of the raddino repository)",
+    )
+    parser.add_argument(
+        "--steps", type=_count, default=None, help="pre-training steps of both runs"
+    )
+    parser.add_argument("--no-ablation", action="store_true", help="skip the run without iBOT")
+    parser.add_argument("--no-reports", action="store_true", help="skip report generation")
+    parser.add_argument("--workers", type=_count, default=2, help="worker processes (default: 2)")
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu or cuda (default: auto = CUDA when present)"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=_count,
+        default=None,
+        help="bootstrap resamples (default: 1000; --quick: 200)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes for a smoke run (numbers mean nothing)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(run=run)
+
+
+def options_from_args(args: argparse.Namespace) -> DemoOptions:
+    from pathlib import Path
+
+    from raddino.demo.options import FULL, QUICK, DemoOptions, default_config_path
+
+    sizes = QUICK if args.quick else FULL
+    bad = [o for o in args.overrides if "=" not in o or o.startswith("-")]
+    if bad:
+        raise ValueError(f"overrides {bad}: expected section.key=value, e.g. train.steps=500")
+    return DemoOptions(
+        out=Path(args.out),
+        config=Path(args.config) if args.config else default_config_path(),
+        images=sizes.images if args.images is None else args.images,
+        size=sizes.size if args.size is None else args.size,
+        seed=args.seed,
+        steps=args.steps,
+        overrides=tuple(args.overrides),
+        ablation=not args.no_ablation,
+        reports=not args.no_reports,
+        workers=args.workers,
+        device=args.device,
+        quick=args.quick,
+        bootstrap=sizes.bootstrap if args.bootstrap is None else args.bootstrap,
+        progress=not args.no_progress,
+    )
+
+
+def summary_lines(demo: Demo, outcomes: list[StageOutcome]) -> list[str]:
+    """The closing summary: where everything is, the headline, and each stage's time."""
+    from raddino.demo.stages import format_duration, read_json
+
+    p = demo.paths
+    lines = ["", "raddino demo: finished", f"  report:     {p.report_md}"]
+    lines += [f"              {p.report_html}", f"  figures:    {p.figures}"]
+    lines += [f"  runs:       {p.runs}", f"  evaluation: {p.evaluation / 'compare.md'}"]
+    if demo.reports_enabled()[0] and (p.reports / "summary.json").is_file():
+        lines.append(f"  reports:    {p.reports}")
+    lines.append(f"  timings:    {p.timings}")
+    headline = (read_json(p.eval_summary) or {}).get("headline", {})
+    if headline.get("statement"):
+        lines += ["", "  " + headline["statement"]]
+    lines.append("")
+    for outcome in outcomes:
+        if outcome.status == "ran":
+            text = format_duration(outcome.seconds)
+        elif outcome.status == "cached":
+            last = (outcome.marker or {}).get("seconds")
+            text = "cached" + (f" (took {format_duration(last)})" if last is not None else "")
+        else:
+            text = f"skipped ({outcome.reason})"
+        lines.append(f"  {outcome.name:<17} {text}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from raddino.demo.pipeline import Demo
+    from raddino.demo.stages import StageError
+
+    demo = Demo(options_from_args(args))  # bad options and configs fail here, before any work
+    try:
+        outcomes = demo.run()
+    except StageError as error:
+        cause = error.error
+        if not isinstance(cause, (ValueError, FileNotFoundError)):
+            traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+        print(f"raddino demo: error: {error}", file=sys.stderr)
+        print(
+            f"finished stages are kept in {demo.paths.root / 'stages'}; "
+            "re-run the same command to continue",
+            file=sys.stderr,
+        )
+        return 2 if isinstance(cause, (ValueError, FileNotFoundError)) else 1
+    print("\n".join(summary_lines(demo, outcomes)))
+    return 0

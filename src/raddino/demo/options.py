@@ -1,0 +1,231 @@
+"""What the demo does: its options, the work sizes of a full and a ``--quick`` run, its paths.
+
+``--quick`` shrinks everything (48 images of 64 px, a 2-block ViT, 3 steps, a tiny language
+model) so that the whole pipeline runs in well under a minute: the CI test and a smoke check.
+Its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import raddino
+from raddino.data.synth import FINDINGS
+
+DEFAULT_PRESET = "tiny_cpu.yaml"
+METADATA_TARGETS = (("age", "continuous"), ("bmi", "continuous"), ("sex", None))
+STRUCTURES = ("left_lung", "right_lung", "heart", "ribs")
+LABEL_SSL = "raddino-ssl"
+LABEL_NO_IBOT = "raddino-no-ibot"
+LABEL_RANDOM = "random-init"
+DEVICES = ("auto", "cpu", "cuda")
+
+QUICK_OVERRIDES = (
+    "model.arch=tiny", "model.depth=2", "model.embed_dim=64", "model.num_heads=2",
+    "model.patch_size=16", "model.image_size=64",
+    "head.out_dim=128", "head.hidden_dim=64", "head.bottleneck_dim=32",
+    "crops.global_size=64", "crops.local_size=32", "crops.local_number=2",
+    "crops.max_source_size=96", "train.batch_size=8", "train.steps=3",
+    "train.checkpoint_every=50", "train.keep_last=1", "train.tensorboard=false",
+    "optim.warmup_steps=1", "optim.freeze_last_layer_steps=1",
+)  # fmt: skip
+"""Pre-training overrides of ``--quick``: a 2-block, 64-wide ViT on 64 px crops."""
+
+
+@dataclass(frozen=True)
+class ReportSizes:
+    """Report generation: the small LM of ``init-lm``, trained whole (stage ``full``)."""
+
+    vocab_size: int = 1000
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    pool: int = 4
+    max_new_tokens: int = 96
+    test_rows: int = 64  # reports written for at most this many test images per encoder
+    examples: int = 3
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work: the defaults of a full demo, and of ``--quick``."""
+
+    images: int = 2000
+    size: int = 160
+    bootstrap: int = 1000
+    seg_epochs: int = 20
+    prevalence: dict[str, float] | None = None  # None: the cohort's defaults
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    overrides: tuple[str, ...] = ()
+    encode_batch: int = 64
+    report: ReportSizes = field(default_factory=ReportSizes)
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    images=48,
+    size=64,
+    bootstrap=200,
+    seg_epochs=2,
+    # every finding needs both classes in train, val and test
+    prevalence=dict.fromkeys(FINDINGS, 0.5),
+    val_fraction=0.25,
+    test_fraction=0.25,
+    overrides=QUICK_OVERRIDES,
+    encode_batch=16,
+    report=ReportSizes(
+        vocab_size=300,
+        hidden_size=32,
+        layers=1,
+        heads=2,
+        steps=6,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=0,
+        pool=2,
+        max_new_tokens=12,
+        test_rows=4,
+        examples=2,
+    ),
+)
+
+
+def default_config_path() -> Path:
+    """``configs/tiny_cpu.yaml`` of the repository this package was installed from (an
+    editable install), else of the current directory; FileNotFoundError naming ``--config``."""
+    package = Path(raddino.__file__).resolve().parent  # <repo>/src/raddino
+    candidates = [
+        package.parents[1] / "configs" / DEFAULT_PRESET,
+        Path.cwd() / "configs" / DEFAULT_PRESET,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise FileNotFoundError(
+        f"--config: the default preset {DEFAULT_PRESET} was not found (looked at {looked}); "
+        "pass --config PATH to a pre-training preset, e.g. configs/tiny_cpu.yaml of the "
+        "raddino repository"
+    )
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Options of ``raddino demo``; errors name the command-line option."""
+
+    out: Path
+    config: Path
+    images: int = FULL.images
+    size: int = FULL.size
+    seed: int = 0
+    steps: int | None = None
+    overrides: tuple[str, ...] = ()
+    ablation: bool = True
+    reports: bool = True
+    workers: int = 2
+    device: str = "auto"
+    quick: bool = False
+    bootstrap: int = FULL.bootstrap
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.images < 20:
+            raise ValueError(
+                f"--images {self.images}: need at least 20 (train, val and test splits, each "
+                "with positive and negative cases)"
+            )
+        if not 32 <= self.size <= 2048:
+            raise ValueError(f"--size {self.size}: expected 32..2048 pixels")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps {self.steps}: must be >= 1")
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: must be >= 0")
+        if self.device not in DEVICES:
+            raise ValueError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.bootstrap < 1:
+            raise ValueError(f"--bootstrap {self.bootstrap}: must be >= 1")
+        if not Path(self.config).is_file():
+            raise FileNotFoundError(f"--config {self.config}: no such file")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                "raddino demo runs as one process; for torchrun use 'raddino pretrain'"
+            )
+
+    @property
+    def sizes(self) -> Sizes:
+        base = QUICK if self.quick else FULL
+        return replace(base, images=self.images, size=self.size, bootstrap=self.bootstrap)
+
+    @property
+    def eval_device(self) -> str:
+        """The device of evaluation and report generation (``auto``: CUDA when present)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where each stage writes, under ``--out``."""
+
+    root: Path
+
+    @property
+    def cohort(self) -> Path:
+        return self.root / "cohort"
+
+    @property
+    def manifest(self) -> Path:
+        return self.cohort / "manifest.csv"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def train_list(self) -> Path:
+        return self.runs / "train_images.csv"
+
+    def run(self, name: str) -> Path:
+        return self.runs / name
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def eval_summary(self) -> Path:
+        return self.evaluation / "demo_summary.json"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "REPORT.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"

@@ -1,0 +1,453 @@
+"""The demo's stages: cohort -> pre-training (and the no-iBOT ablation) -> evaluation against a
+random-initialised encoder -> report generation -> figures -> REPORT.md / report.html.
+
+Every stage calls the library function that the matching ``raddino`` command calls; this module
+only decides sizes, paths and which outputs feed which stage (see ``docs/demo.md``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from raddino.demo.options import (
+    LABEL_NO_IBOT,
+    LABEL_RANDOM,
+    LABEL_SSL,
+    STRUCTURES,
+    DemoOptions,
+    DemoPaths,
+)
+from raddino.demo.stages import (
+    Stage,
+    StageContext,
+    StageOutcome,
+    StageRunner,
+    stage_log,
+    write_json_atomic,
+)
+from raddino.ssl.config import PretrainConfig, load_config
+
+if TYPE_CHECKING:
+    from raddino.data.synth import SynthConfig
+    from raddino.eval.encoders import EncoderSpec
+    from raddino.features.encode import EncodeOptions
+
+RUNS = {"pretrain": "ssl", "pretrain_no_ibot": "no_ibot"}
+"""Pre-training stage -> run directory name under ``OUT/runs``."""
+MACHINE_KEYS = (("train", "device"), ("train", "num_workers"))
+"""Config keys that change where and how fast a run goes, not what it learns."""
+
+
+@dataclass
+class Rates:
+    """Throughputs for the ETA: defaults for a 2-core CPU, replaced by measured values."""
+
+    synth_seconds_per_image: float | None = None
+    pretrain_seconds_per_step: float | None = None
+    eval_seconds_per_image: float | None = None  # per encoder
+    report_seconds: float | None = None
+
+
+def rmtree(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def relative_to(path: Path, folder: Path) -> str:
+    return os.path.relpath(path, folder)
+
+
+class Demo:
+    """The stages of one ``raddino demo --out DIR`` and what they share."""
+
+    def __init__(self, options: DemoOptions) -> None:
+        self.options = options
+        self.sizes = options.sizes
+        self.paths = DemoPaths(Path(options.out))
+        self.configs = {
+            "pretrain": self.pretrain_config(ablation=False),
+            "pretrain_no_ibot": self.pretrain_config(ablation=True),
+        }
+        self.rates = Rates()
+        self.runner = StageRunner(self.paths.root, log=stage_log)
+        self._load_rates()
+
+    # ------------------------------------------------------------------ configuration
+
+    def pretrain_overrides(self, ablation: bool) -> list[str]:
+        """Preset < ``--quick`` < ``--steps``/``--seed``/``--workers``/``--device`` < user
+        ``key=value`` < the ablation's ``loss.ibot_weight=0``."""
+        o = self.options
+        overrides = [*self.sizes.overrides, f"train.seed={o.seed}", f"train.device={o.device}"]
+        overrides.append(f"train.num_workers={o.workers}")
+        if o.steps is not None:
+            overrides.append(f"train.steps={o.steps}")
+        overrides += list(o.overrides)
+        if ablation:
+            overrides.append("loss.ibot_weight=0")
+        return overrides
+
+    def pretrain_config(self, ablation: bool) -> PretrainConfig:
+        return load_config(self.options.config, self.pretrain_overrides(ablation))
+
+    @staticmethod
+    def config_inputs(config: PretrainConfig) -> dict:
+        """The resolved config without the keys that do not change the result."""
+        data = config.to_dict()
+        for section, key in MACHINE_KEYS:
+            data[section].pop(key, None)
+        return data
+
+    def synth_config(self) -> SynthConfig:
+        from raddino.data.synth import SynthConfig
+
+        s = self.sizes
+        extra = {} if s.prevalence is None else {"prevalence": dict(s.prevalence)}
+        return SynthConfig(
+            n=s.images,
+            seed=self.options.seed,
+            size=s.size,
+            val_fraction=s.val_fraction,
+            test_fraction=s.test_fraction,
+            **extra,
+        )
+
+    def encoder_specs(self) -> list[EncoderSpec]:
+        """The encoders compared: trained first (the reference), ablation, random baseline."""
+        from raddino.eval.encoders import EncoderSpec
+
+        ssl = EncoderSpec(str(self.paths.run("ssl")), name=LABEL_SSL)
+        specs = [ssl]
+        if self.options.ablation:
+            specs.append(EncoderSpec(str(self.paths.run("no_ibot")), name=LABEL_NO_IBOT))
+        specs.append(self.random_spec())
+        return specs
+
+    def random_spec(self) -> EncoderSpec:
+        """A random-initialised encoder of the trained one's architecture (as ``compare
+        --random-baseline`` builds it)."""
+        from raddino.eval.encoders import EncoderSpec
+
+        spec = EncoderSpec(str(self.paths.run("ssl")), seed=self.options.seed)
+        return replace(spec.as_random(), name=LABEL_RANDOM)
+
+    def encode_options(self) -> EncodeOptions:
+        from raddino.features.encode import EncodeOptions
+
+        return EncodeOptions(
+            batch_size=self.sizes.encode_batch,
+            num_workers=self.options.workers,
+            device=self.options.eval_device,
+            progress=self.options.progress,
+        )
+
+    # ------------------------------------------------------------------ estimates (ETA)
+
+    def _load_rates(self) -> None:
+        """Measured rates from earlier markers, where they were measured at the same sizes."""
+        cohort = (self.runner.marker("cohort") or {}).get("result", {})
+        if cohort.get("size") == self.sizes.size and cohort.get("seconds_per_image"):
+            self.rates.synth_seconds_per_image = cohort["seconds_per_image"]
+        run = self.runner.marker("pretrain") or {}
+        if run.get("inputs", {}).get("config") == self.config_inputs(self.configs["pretrain"]):
+            self.rates.pretrain_seconds_per_step = run.get("result", {}).get("seconds_per_step")
+        evaluation = (self.runner.marker("evaluate") or {}).get("result", {})
+        if evaluation.get("size") == self.sizes.size:
+            self.rates.eval_seconds_per_image = evaluation.get("seconds_per_image")
+        reports = self.runner.marker("reports") or {}
+        if reports.get("inputs", {}).get("sizes") == self.report_inputs():
+            self.rates.report_seconds = reports.get("seconds")
+
+    def estimate_cohort(self) -> float:
+        # measured (docs/synthetic_cohort.md): 2.3 images/s at 256 px on 2 busy cores;
+        # rendering cost grows with the pixel count
+        per_image = self.rates.synth_seconds_per_image or (
+            (self.sizes.size / 256) ** 2 / 2.3 * (2 / max(1, min(2, self.options.workers or 1)))
+        )
+        return self.sizes.images * per_image
+
+    def estimate_pretrain(self, stage: str) -> float:
+        config = self.configs[stage]
+        # measured (docs/pretraining.md): ~45 images/s for tiny_cpu on 2 cores, fp32
+        per_step = self.rates.pretrain_seconds_per_step or config.train.batch_size / 40
+        return config.train.steps * per_step
+
+    def estimate_evaluate(self) -> float:
+        per_image = self.rates.eval_seconds_per_image or 0.05
+        return len(self.encoder_specs()) * self.sizes.images * per_image + 10
+
+    def estimate_reports(self) -> float:
+        r = self.sizes.report
+        return self.rates.report_seconds or 2 * (r.steps * r.batch_size * 0.012 + r.test_rows * 0.4)
+
+    # ------------------------------------------------------------------ stages
+
+    def stages(self) -> list[Stage]:
+        o, s = self.options, self.sizes
+        reports_on, reason = self.reports_enabled()
+        evaluate_needs = ("cohort", "pretrain", *(("pretrain_no_ibot",) if o.ablation else ()))
+        return [
+            Stage(
+                "cohort",
+                self.run_cohort,
+                {"synth": _jsonable(self.synth_config())},
+                estimate=self.estimate_cohort,
+            ),
+            Stage(
+                "pretrain",
+                lambda ctx: self.run_pretrain(ctx, "pretrain"),
+                {"config": self.config_inputs(self.configs["pretrain"])},
+                needs=("cohort",),
+                estimate=lambda: self.estimate_pretrain("pretrain"),
+            ),
+            Stage(
+                "pretrain_no_ibot",
+                lambda ctx: self.run_pretrain(ctx, "pretrain_no_ibot"),
+                {"config": self.config_inputs(self.configs["pretrain_no_ibot"])},
+                needs=("cohort",),
+                enabled=o.ablation,
+                reason="--no-ablation",
+                estimate=lambda: self.estimate_pretrain("pretrain_no_ibot"),
+            ),
+            Stage(
+                "evaluate",
+                self.run_evaluate,
+                {
+                    "encoders": [spec.label for spec in self.encoder_specs()],
+                    "seed": o.seed,
+                    "bootstrap": s.bootstrap,
+                    "seg_epochs": s.seg_epochs,
+                    "structures": list(STRUCTURES),
+                    "features": "cls+mean",
+                },
+                needs=evaluate_needs,
+                estimate=self.estimate_evaluate,
+            ),
+            Stage(
+                "reports",
+                self.run_reports,
+                {"sizes": self.report_inputs(), "seed": o.seed},
+                needs=("cohort", "pretrain"),
+                enabled=reports_on,
+                reason=reason,
+                estimate=self.estimate_reports,
+            ),
+            Stage(
+                "figures",
+                self.run_figures,
+                {"seed": o.seed},
+                needs=(*evaluate_needs, "evaluate"),
+                estimate=lambda: 20.0,
+            ),
+            Stage(
+                "report",
+                self.run_report,
+                {"reports": reports_on, "options": self.option_summary()},
+                needs=(
+                    *evaluate_needs,
+                    "evaluate",
+                    *(("reports",) if reports_on else ()),
+                    "figures",
+                ),
+                estimate=lambda: 2.0,
+            ),
+        ]
+
+    def report_inputs(self) -> dict:
+        return _jsonable(self.sizes.report)
+
+    def reports_enabled(self) -> tuple[bool, str]:
+        if not self.options.reports:
+            return False, "--no-reports"
+        import importlib.util
+
+        missing = [m for m in ("transformers", "peft") if importlib.util.find_spec(m) is None]
+        if missing:
+            return False, f"needs {' and '.join(missing)}: pip install 'raddino[report]'"
+        return True, ""
+
+    def option_summary(self) -> dict:
+        o = self.options
+        return {
+            "images": self.sizes.images,
+            "size": self.sizes.size,
+            "seed": o.seed,
+            "config": str(o.config),
+            "steps": self.configs["pretrain"].train.steps,
+            "overrides": list(o.overrides),
+            "ablation": o.ablation,
+            "quick": o.quick,
+            "bootstrap": self.sizes.bootstrap,
+        }
+
+    # cohort ----------------------------------------------------------------
+
+    def run_cohort(self, ctx: StageContext) -> dict:
+        from raddino.data.synth import generate_cohort
+
+        # generate_cohort renders every image again (it cannot skip finished ones), so a
+        # partial cohort is simply replaced
+        rmtree(self.paths.cohort)
+        started = time.perf_counter()
+        summary = generate_cohort(
+            self.paths.cohort,
+            self.synth_config(),
+            workers=self.options.workers,
+            progress=self.options.progress,
+        )
+        seconds = time.perf_counter() - started
+        self.rates.synth_seconds_per_image = seconds / summary.images
+        splits: dict[str, int] = {}
+        with self.paths.manifest.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                splits[row["split"]] = splits.get(row["split"], 0) + 1
+        return {
+            "images": summary.images,
+            "size": self.sizes.size,
+            "positives": summary.positives,
+            "splits": splits,
+            "seconds_per_image": seconds / summary.images,
+        }
+
+    # pre-training ------------------------------------------------------------
+
+    def run_pretrain(self, ctx: StageContext, stage: str) -> dict:
+        from raddino.demo.pretraining import pretrain_run
+
+        result = pretrain_run(
+            self.configs[stage], self.paths, RUNS[stage], ctx.resuming, self.options.progress
+        )
+        if result["seconds_per_step"]:
+            self.rates.pretrain_seconds_per_step = result["seconds_per_step"]
+        return result
+
+    # evaluation and report generation ---------------------------------------------
+
+    def run_evaluate(self, ctx: StageContext) -> dict:
+        from raddino.demo.evaluation import evaluate_encoders
+
+        o, s = self.options, self.sizes
+        rmtree(self.paths.evaluation)  # encoded features stay cached in OUT/features
+        specs = self.encoder_specs()
+        started = time.perf_counter()
+        summary = evaluate_encoders(
+            specs, self.paths, self.encode_options(), s, seed=o.seed, device=o.eval_device
+        )
+        config = self.configs["pretrain"]
+        # the trainer seeds its initial weights with train.seed, the baseline with --seed
+        summary["random_is_start"] = config.train.seed == o.seed and not config.model.init
+        write_json_atomic(self.paths.eval_summary, summary)
+        self.rates.eval_seconds_per_image = (time.perf_counter() - started) / (
+            len(specs) * s.images
+        )
+        return {
+            "size": s.size,
+            "seconds_per_image": self.rates.eval_seconds_per_image,
+            "headline": summary["headline"],
+            "dropped_targets": sorted(summary["dropped_targets"]),
+        }
+
+    def run_reports(self, ctx: StageContext) -> dict:
+        from raddino.demo.report_generation import train_and_score
+
+        if not ctx.resuming:
+            rmtree(self.paths.reports)
+        started = time.perf_counter()
+        summary = train_and_score(
+            {LABEL_SSL: self.encoder_specs()[0], LABEL_RANDOM: self.random_spec()},
+            self.paths,
+            self.sizes.report,
+            self.encode_options(),
+            seed=self.options.seed,
+            device=self.options.eval_device,
+        )
+        self.rates.report_seconds = time.perf_counter() - started
+        return {label: _report_headline(s) for label, s in summary["scores"].items()}
+
+    # figures and the report ------------------------------------------------------
+
+    def run_figures(self, ctx: StageContext) -> dict:
+        from raddino.demo.figures import make_figures
+
+        rmtree(self.paths.figures)
+        runs = {LABEL_SSL: self.paths.run("ssl")}
+        if self.options.ablation:
+            runs[LABEL_NO_IBOT] = self.paths.run("no_ibot")
+        result = make_figures(
+            self.paths,
+            runs,
+            self.encoder_specs()[0],
+            self.random_spec(),
+            seed=self.options.seed,
+        )
+        write_json_atomic(self.paths.figures / "figures.json", result)
+        return {"figures": [f["path"] for f in result["figures"]], "notes": result["notes"]}
+
+    def run_report(self, ctx: StageContext) -> dict:
+        from raddino.demo.report import write_report
+
+        enabled, reason = self.reports_enabled()
+        md, html = write_report(
+            self.paths, ctx.markers, self.option_summary(), self.configs, "" if enabled else reason
+        )
+        return {
+            "markdown": relative_to(md, self.paths.root),
+            "html": relative_to(html, self.paths.root),
+        }
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> list[StageOutcome]:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        began = time.perf_counter()
+        outcomes: list[StageOutcome] = []
+        try:
+            outcomes = self.runner.run(self.stages())
+        finally:
+            self.write_timings(outcomes, time.perf_counter() - began)
+        return outcomes
+
+    def write_timings(self, outcomes: list[StageOutcome], seconds: float) -> None:
+        """``OUT/timings.json``: every stage, with this run's and its last run's seconds."""
+        stages = {}
+        for stage in self.stages():
+            marker = self.runner.marker(stage.name)
+            outcome = next((x for x in outcomes if x.name == stage.name), None)
+            stages[stage.name] = {
+                "status": outcome.status
+                if outcome
+                else ("disabled" if not stage.enabled else "not run"),
+                "seconds": outcome.seconds if outcome else 0.0,
+                "last_run_seconds": marker.get("seconds") if marker else None,
+                "finished": marker.get("finished") if marker else None,
+            }
+        write_json_atomic(
+            self.paths.timings, {"total_seconds": round(seconds, 3), "stages": stages}
+        )
+
+
+def _report_headline(scores: dict) -> dict:
+    clinical = scores["clinical"]
+    base = scores.get("baseline_most_common_report", {})
+    return {
+        "bleu4": scores["bleu4"],
+        "rougeL": scores["rougeL"],
+        "clinical_f1_micro": clinical["micro"]["f1"],
+        "baseline_clinical_f1_micro": base.get("clinical", {}).get("micro", {}).get("f1"),
+    }
+
+
+def _jsonable(value: object) -> dict:
+    return asdict(value)  # type: ignore[arg-type]
+
+
+def run_demo(options: DemoOptions) -> tuple[Demo, list[StageOutcome]]:
+    """Run (or resume) the demo in ``options.out``; returns the demo and what each stage did."""
+    demo = Demo(options)
+    return demo, demo.run()

@@ -1,0 +1,414 @@
+"""``OUT/REPORT.md`` and ``OUT/report.html``: one document, two renderings.
+
+The report is built as a list of blocks (headings, paragraphs, tables, figures, code), then
+written as Markdown (figures referenced relatively: ``figures/...png``, so REPORT.md reads
+correctly inside OUT/) and as HTML with every figure embedded as a base64 data URI (report.html
+is one self-contained file that can be mailed or moved).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raddino.atomic import write_atomic
+from raddino.demo.options import DemoPaths
+from raddino.demo.stages import format_duration, read_json
+from raddino.eval.tables import METRIC_NAMES, markdown_table
+
+TITLE = "RAD-DINO demo: self-supervised pre-training on synthetic chest radiographs"
+SYNTHETIC_NOTE = (
+    "Synthetic data from one CT; not for clinical conclusions. Every image is a virtual patient "
+    "rendered from the same chest CT (see docs/synthetic_cohort.md): the numbers show that the "
+    "pipeline works and what pre-training does on this cohort, nothing about real patients."
+)
+METADATA = ("age", "bmi", "sex")
+PROTOCOLS = {"linear": "linear", "knn": "k-NN"}
+
+
+@dataclass
+class Block:
+    kind: str  # h2 | h3 | p | note | list | table | figure | code
+    text: str = ""
+    items: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    path: str = ""  # figure: relative to OUT
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def to_markdown(title: str, blocks: list[Block]) -> str:
+    lines = [f"# {title}", ""]
+    for b in blocks:
+        if b.kind in ("h2", "h3"):
+            lines += [("## " if b.kind == "h2" else "### ") + b.text, ""]
+        elif b.kind == "p":
+            lines += [b.text, ""]
+        elif b.kind == "note":
+            lines += [f"> **{b.text}**", ""]
+        elif b.kind == "list":
+            lines += [*(f"- {item}" for item in b.items), ""]
+        elif b.kind == "table":
+            lines += [markdown_table(b.header, b.rows), ""]
+        elif b.kind == "figure":
+            lines += [f"![{b.text}]({b.path})", "", f"*{b.text}*", ""]
+        elif b.kind == "code":
+            lines += ["```", b.text.rstrip("\n"), "```", ""]
+    return "\n".join(lines)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.2rem; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; }
+th { background: #f2f2f2; }
+.note { border-left: 4px solid #c33; background: #fff4f4; padding: 0.6rem 1rem; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9rem; color: #555; }
+pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.8rem; }
+"""
+
+
+def to_html(title: str, blocks: list[Block], root: Path) -> str:
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
+    for b in blocks:
+        if b.kind in ("h2", "h3"):
+            parts.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            parts.append(f"<p>{e(b.text)}</p>")
+        elif b.kind == "note":
+            parts.append(f'<p class="note"><strong>{e(b.text)}</strong></p>')
+        elif b.kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{e(c)}</th>" for c in b.header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b.rows
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "figure":
+            data = base64.b64encode((root / b.path).read_bytes()).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{e(b.text)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{e(b.text)}</figcaption></figure>"
+            )
+        elif b.kind == "code":
+            parts.append(f"<pre>{e(b.text)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- content
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_estimate(e: dict) -> str:
+    if e.get("low") is None or e.get("high") is None:
+        return fmt(e.get("value"))
+    return f"{fmt(e['value'])} [{fmt(e['low'])}, {fmt(e['high'])}]"
+
+
+def fmt_difference(d: dict | None) -> str:
+    if not d or d.get("value") is None:
+        return ""
+    text = f"{d['value']:+.3f}"
+    if d.get("low") is not None and d.get("high") is not None:
+        text += f" [{d['low']:+.3f}, {d['high']:+.3f}]"
+    return text + (" *" if d.get("significant") else "")
+
+
+def result_table(summary: dict, rows: list[dict], first: str) -> Block:
+    """One row per metric: each encoder's value [CI], then each paired difference."""
+    labels = [e["label"] for e in summary["encoders"]]
+    pairs = summary["pairs"]
+    header = [first, "metric", *labels, *(f"Δ {p}" for p in pairs)]
+    body = []
+    for row in rows:
+        cells = [row["target"], METRIC_NAMES.get(row["metric"], row["metric"])]
+        cells += [fmt_estimate(row["values"][label]) for label in labels]
+        cells += [fmt_difference(row["differences"].get(p)) for p in pairs]
+        body.append(cells)
+    return Block("table", header=header, rows=body)
+
+
+def encoders_sentence(summary: dict) -> str:
+    labels = [e["label"] for e in summary["encoders"]]
+    text = (
+        f"Encoders: {labels[0]} (pre-trained with DINO + iBOT + KoLeo on the train split)"
+        + (f", {labels[1]} (the same without the iBOT loss)" if len(labels) > 2 else "")
+        + f", {summary['random']} (the same architecture with random weights"
+    )
+    if summary.get("random_is_start"):
+        text += ": exactly the weights pre-training started from, so each difference from it is "
+        text += "what pre-training learned"
+    return text + ")."
+
+
+def evaluation_blocks(summary: dict) -> list[Block]:
+    rows, level = summary["rows"], summary["interval_level"]
+    blocks = [
+        Block("h2", "Headline results"),
+        Block("p", summary["headline"].get("statement", "")),
+        Block(
+            "p",
+            f"Each cell: test-split value [{level:.0%} bootstrap CI over patients, "
+            f"{summary['n_resamples']} resamples]. Δ a - b: paired difference (the same "
+            "resamples for every encoder); * marks an interval that excludes 0. Features: CLS + "
+            "mean patch token, frozen encoders; probes chosen on the validation split.",
+        ),
+        Block("p", encoders_sentence(summary)),
+    ]
+    findings = summary["findings"]
+
+    def pick(task: str, targets: list[str], metrics: tuple[str, ...]) -> list[dict]:
+        chosen = [r for r in rows if r["task"] == task and r["metric"] in metrics]
+        return [
+            r
+            for t in targets
+            for m in metrics
+            for r in chosen
+            if (r["target"], r["metric"]) == (t, m)
+        ]
+
+    macro = [
+        dict(row, target=f"findings macro ({PROTOCOLS.get(row['task'], row['task'])})")
+        for row in pick("linear", ["findings macro"], ("auroc", "auprc"))
+        + pick("knn", ["findings macro"], ("auroc",))
+    ]
+    blocks += [
+        Block("h3", f"Findings: macro over {len(findings)} findings"),
+        result_table(summary, macro, "target"),
+    ]
+    blocks += [
+        Block("h3", "Findings: linear probe per finding"),
+        result_table(summary, pick("linear", findings, ("auroc", "auprc")), "finding"),
+    ]
+    metadata = pick("linear", list(METADATA), ("auroc", "mae", "r2", "pearson_r"))
+    if metadata:
+        blocks += [
+            Block("h3", "Patient metadata (never in the reports): linear probe"),
+            Block(
+                "p",
+                "Age and BMI by ridge regression (MAE: lower is better), sex by logistic "
+                "regression.",
+            ),
+            result_table(summary, metadata, "target"),
+        ]
+    seg = [r for r in rows if r["task"].startswith("segment") and r["metric"] == "dice"]
+    if seg:
+        blocks += [
+            Block("h3", "Segmentation: linear head on frozen patch tokens"),
+            result_table(summary, seg, "structure"),
+        ]
+    dropped = summary.get("dropped_targets") or {}
+    notes = [f"{name} not probed: {reason}" for name, reason in dropped.items()]
+    notes += list(summary.get("notes") or [])
+    if notes:
+        blocks.append(Block("list", items=notes))
+    blocks.append(
+        Block(
+            "p",
+            "All metrics, k-NN included: evaluation/compare.md (its macro rows average every "
+            "binary target, sex included; the findings macro above does not).",
+        )
+    )
+    return blocks
+
+
+def figure_blocks(paths: DemoPaths) -> list[Block]:
+    listing = read_json(paths.figures / "figures.json") or {"figures": [], "notes": []}
+    blocks = [Block("h2", "Figures")]
+    for figure in listing["figures"]:
+        if (paths.root / figure["path"]).is_file():
+            blocks.append(Block("figure", figure["caption"], path=figure["path"]))
+    if listing.get("notes"):
+        blocks.append(Block("list", items=list(listing["notes"])))
+    return blocks
+
+
+def report_generation_blocks(paths: DemoPaths, skipped: str) -> list[Block]:
+    blocks = [Block("h2", "Report generation (LLaVA-style, small LM)")]
+    summary = None if skipped else read_json(paths.reports / "summary.json")
+    if summary is None:
+        return [*blocks, Block("p", f"Not run ({skipped or 'no results in reports/'}).")]
+    s = summary["settings"]
+    blocks.append(
+        Block(
+            "p",
+            f"Frozen encoder -> MLP projector -> a {s['layers']}-layer, {s['hidden_size']}-wide "
+            f"Llama trained from scratch with the projector ({s['steps']} steps, batch "
+            f"{s['batch_size']}) on the train split's reports; greedy reports for "
+            f"{s['test_rows']} test images at most. Baseline: the most common training report "
+            "for every image. CheXbert and RadGraph F1 are not available offline.",
+        )
+    )
+    header = ["", "BLEU-1", "BLEU-4", "ROUGE-L", "clinical F1 micro", "clinical F1 macro"]
+    body = []
+    baseline = None
+    for label, scores in summary["scores"].items():
+        c = scores["clinical"]
+        body.append(
+            [
+                label,
+                fmt(scores["bleu1"], 1),
+                fmt(scores["bleu4"], 1),
+                fmt(scores["rougeL"]),
+                fmt(c["micro"]["f1"]),
+                fmt(c["macro"]["f1"]),
+            ]
+        )
+        baseline = baseline or scores.get("baseline_most_common_report")
+    if baseline:
+        c = baseline["clinical"]
+        body.append(
+            [
+                "most common report",
+                fmt(baseline.get("bleu1"), 1),
+                fmt(baseline.get("bleu4"), 1),
+                fmt(baseline.get("rougeL")),
+                fmt(c["micro"]["f1"]),
+                fmt(c["macro"]["f1"]),
+            ]
+        )
+    blocks.append(Block("table", header=header, rows=body))
+    if summary.get("examples"):
+        blocks.append(Block("h3", "Examples (test images)"))
+        for example in summary["examples"]:
+            items = [f"{k}: {v}" for k, v in example.items() if k != "image"]
+            blocks += [Block("p", example["image"]), Block("list", items=items)]
+    return blocks
+
+
+def pretraining_blocks(markers: dict[str, dict]) -> list[Block]:
+    rows = []
+    for stage in ("pretrain", "pretrain_no_ibot"):
+        result = (markers.get(stage) or {}).get("result")
+        if not result:
+            continue
+        first, last = result.get("first", {}), result.get("last", {})
+        rows.append(
+            [
+                result["run_dir"],
+                str(result["steps"]),
+                f"{fmt(first.get('loss'))} -> {fmt(last.get('loss'))}",
+                f"{fmt(first.get('ibot'))} -> {fmt(last.get('ibot'))}",
+                f"{fmt(last.get('teacher_entropy'))}",
+            ]
+        )
+    header = ["run", "steps", "total loss", "iBOT loss", "teacher entropy (last)"]
+    return [
+        Block("h2", "Pre-training"),
+        Block(
+            "p",
+            "Both runs see the cohort's train split only; the ablation sets "
+            "loss.ibot_weight=0 (no masked image modelling), everything else equal. The iBOT "
+            "term is still computed (and logged) in the ablation, it just carries no weight.",
+        ),
+        Block("table", header=header, rows=rows),
+    ]
+
+
+def timing_blocks(paths: DemoPaths, markers: dict[str, dict]) -> list[Block]:
+    rows = []
+    total = 0.0
+    for name, marker in markers.items():
+        seconds = float(marker.get("seconds", 0.0))
+        total += seconds
+        rows.append([name, format_duration(seconds), marker.get("finished", "")])
+    rows.append(["total", format_duration(total), ""])
+    return [
+        Block("h2", "Stage timings"),
+        Block(
+            "p",
+            "Seconds of each stage's last run (cached stages keep the time of the run "
+            "that made them); timings.json has the latest invocation's.",
+        ),
+        Block("table", header=["stage", "time", "finished (UTC)"], rows=rows),
+    ]
+
+
+def configuration_blocks(options: dict, configs: dict) -> list[Block]:
+    rows = [[key, str(value)] for key, value in options.items()]
+    return [
+        Block("h2", "Configuration"),
+        Block("table", header=["option", "value"], rows=rows),
+        Block(
+            "p",
+            "Resolved pre-training config of the trained encoder (the ablation differs in "
+            "loss.ibot_weight only):",
+        ),
+        Block("code", configs["pretrain"].to_yaml()),
+    ]
+
+
+def files_block(paths: DemoPaths) -> list[Block]:
+    items = [
+        "cohort/: the synthetic cohort (images, masks, manifest.csv with splits, findings, "
+        "age/sex/BMI, reports)",
+        "runs/ssl/, runs/no_ibot/: pre-training runs (config.yaml, checkpoints, metrics.jsonl)",
+        "evaluation/: compare.md, compare.json, demo_summary.json, one folder per encoder "
+        "(probe and segmentation reports, overlays)",
+        "reports/: report-generation runs, predictions and metrics",
+        "figures/: the figures above; stages/: one marker per finished stage",
+    ]
+    return [Block("h2", "Files"), Block("list", items=items)]
+
+
+def build_blocks(
+    paths: DemoPaths, markers: dict[str, dict], options: dict, configs: dict, reports_skipped: str
+) -> list[Block]:
+    summary = read_json(paths.eval_summary)
+    if summary is None:
+        raise FileNotFoundError(f"{paths.eval_summary}: the evaluate stage has not finished")
+    blocks = [Block("note", SYNTHETIC_NOTE)]
+    cohort = (markers.get("cohort") or {}).get("result", {})
+    if cohort:
+        splits = ", ".join(f"{v} {k}" for k, v in cohort.get("splits", {}).items())
+        positives = ", ".join(f"{k} {v}" for k, v in cohort.get("positives", {}).items())
+        blocks.append(
+            Block(
+                "p",
+                f"Cohort: {cohort['images']} synthetic radiographs of {cohort['size']} px "
+                f"({splits}); positives: {positives}.",
+            )
+        )
+    blocks += evaluation_blocks(summary)
+    blocks += figure_blocks(paths)
+    blocks += report_generation_blocks(paths, reports_skipped)
+    blocks += pretraining_blocks(markers)
+    blocks += timing_blocks(paths, markers)
+    blocks += configuration_blocks(options, configs)
+    blocks += files_block(paths)
+    blocks.append(Block("note", SYNTHETIC_NOTE))
+    return blocks
+
+
+def write_report(
+    paths: DemoPaths,
+    markers: dict[str, dict],
+    options: dict,
+    configs: dict,
+    reports_skipped: str = "",
+) -> tuple[Path, Path]:
+    """Write REPORT.md and report.html from the stages' outputs; returns both paths.
+    ``reports_skipped``: why report generation did not run ("" when it did)."""
+    blocks = build_blocks(paths, markers, options, configs, reports_skipped)
+    markdown = to_markdown(TITLE, blocks)
+    page = to_html(TITLE, blocks, paths.root)
+    md = write_atomic(paths.report_md, lambda t: t.write_text(markdown, encoding="utf-8"))
+    html_path = write_atomic(paths.report_html, lambda t: t.write_text(page, encoding="utf-8"))
+    return md, html_path
