@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# As the CLI does: idle OpenMP threads sleep instead of spinning (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import numpy as np

@@ -17,6 +17,7 @@ from PIL import Image
 
 from raddino.data.manifest import read_manifest
 from raddino.demo.options import LABEL_RANDOM, STRUCTURES, DemoPaths
+from raddino.eval.compare import encoder_dir_name
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.overlays import legend
 
@@ -124,9 +125,9 @@ def make_figures(
             )
 
     for label in (trained_spec.label, LABEL_RANDOM):
-        source = paths.evaluation / _slug(label) / "segment" / "overlays"
+        source = paths.evaluation / encoder_dir_name(label) / "segment" / "overlays"
         for png in sorted(source.glob("*.png"))[:N_OVERLAYS]:
-            target = out / "overlays" / f"{_slug(label)}_{png.name}"
+            target = out / "overlays" / f"{encoder_dir_name(label)}_{png.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, target)
             add(
@@ -136,10 +137,3 @@ def make_figures(
                 f"(filled: prediction, outline: truth; {legend(list(STRUCTURES))}).",
             )
     return {"figures": figures, "notes": notes, "seed": seed}
-
-
-def _slug(label: str) -> str:
-    """The folder name ``raddino compare`` gives an encoder's results."""
-    from raddino.eval.compare import _slug as compare_slug
-
-    return compare_slug(label)

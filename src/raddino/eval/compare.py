@@ -218,7 +218,7 @@ def compare_encoders(
         for spec, label, enc in zip(specs, labels, encoded, strict=True):
             print(f"probing {label}", file=sys.stderr)
             report = probe_encoded(spec, inputs, enc, used, features, probe_config)
-            _write_probe(report, out / _slug(label))
+            _write_probe(report, out / encoder_dir_name(label))
             reports.append(report)
         rows += probe_rows(reports, labels, probe_config.level)
         notes += reports[0].notes
@@ -241,9 +241,9 @@ def compare_encoders(
                 model.preprocess_config,
                 used,
                 segment_config,
-                out / _slug(label) / "segment",
+                out / encoder_dir_name(label) / "segment",
             )
-            write_segment_report(report, out / _slug(label) / "segment")
+            write_segment_report(report, out / encoder_dir_name(label) / "segment")
             seg_reports.append(report)
         rows += segment_rows(seg_reports, labels, segment_config.level)
         if not target_specs:
@@ -260,5 +260,6 @@ def _random_note(encoder: dict) -> str:
     return " (random initialisation)" if encoder["random_init"] else ""
 
 
-def _slug(label: str) -> str:
+def encoder_dir_name(label: str) -> str:
+    """The sub-directory of the comparison that holds one encoder's results."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_") or "encoder"
