@@ -41,7 +41,8 @@ def test_folder_with_good_and_bad_files(
     bad = add_bad_files(image_folder)
     out = tmp_path / "store"
     code = main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
-                 "--workers", "0", "--batch-size", "2", "--no-progress"])  # fmt: skip
+                 "--workers", "0", "--batch-size", "2", "--dtype", "fp32",
+                 "--no-progress"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "encoded 5 of 8 images, rejected 3" in printed
@@ -60,7 +61,8 @@ def test_patch_tokens_and_layers_are_stored(image_folder: Path, small_hf_dir: Pa
     out = tmp_path / "store"
     code = main(["encode", str(image_folder / "img1.png"), str(image_folder / "img2.png"),
                  "--model", str(small_hf_dir), "--out", str(out), "--workers", "1",
-                 "--patch-tokens", "full", "--layers", "0,-1", "--no-progress"])  # fmt: skip
+                 "--patch-tokens", "full", "--layers", "0,-1", "--dtype", "fp32",
+                 "--no-progress"])  # fmt: skip
     assert code == 0
     features = load_features(out)
     model = RadDino.from_pretrained(small_hf_dir)
@@ -75,7 +77,8 @@ def test_patch_tokens_and_layers_are_stored(image_folder: Path, small_hf_dir: Pa
 def test_pooled_patch_tokens_are_the_mean(image_folder: Path, small_hf_dir: Path, tmp_path: Path):
     out = tmp_path / "store"
     main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
-          "--workers", "0", "--patch-tokens", "pooled", "--no-progress"])  # fmt: skip
+          "--workers", "0", "--patch-tokens", "pooled", "--dtype", "fp32",
+          "--no-progress"])  # fmt: skip
     features = load_features(out)
     patches = RadDino.from_pretrained(small_hf_dir).extract_patch_tokens(features.paths)
     assert np.allclose(features.patch_mean, patches.mean(dim=(2, 3)).numpy(), atol=1e-5)
@@ -185,3 +188,115 @@ def test_export_command_writes_both_formats(small_hf_dir: Path, tmp_path: Path):
     assert torch.equal(
         again.backbone.pos_embed, RadDino.from_pretrained(small_hf_dir).backbone.pos_embed
     )
+
+
+# --------------------------------------------------------------------------- precision and speed
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching vectors along the last axis."""
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_bf16_features_are_within_tolerance_of_the_fp32_run(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path
+):
+    from raddino.models.modes import TOLERANCES
+
+    stores = {}
+    for dtype in ("fp32", "bf16"):
+        stores[dtype] = tmp_path / dtype
+        assert main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out",
+                     str(stores[dtype]), "--workers", "0", "--dtype", dtype, "--compile", "off",
+                     "--patch-tokens", "full", "--no-progress"]) == 0  # fmt: skip
+    fp32, bf16 = load_features(stores["fp32"]), load_features(stores["bf16"])
+    assert bf16.meta["dtype"] == "bfloat16" and fp32.meta["dtype"] == "float32"
+    assert bf16.paths == fp32.paths and bf16.cls.dtype == np.float32
+    tolerance = TOLERANCES[torch.bfloat16]
+    assert cosine_rows(bf16.cls, fp32.cls).min() >= tolerance["cls"]
+    patches = [np.asarray(f.patches).transpose(0, 2, 3, 1) for f in (bf16, fp32)]
+    assert cosine_rows(*patches).min() >= tolerance["patches"]
+
+
+def test_auto_mode_prints_what_it_chose_and_why(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
+):
+    from raddino.models.modes import choose_dtype, probe_hardware, short_name
+
+    out = tmp_path / "store"
+    assert main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
+                 "--workers", "0", "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    expected = short_name(choose_dtype("auto", probe_hardware("cpu")).value)
+    assert f"precision: {expected} (auto: " in printed
+    assert "compile: off (auto: 5 images are too few" in printed
+    assert load_features(out).meta["dtype"] == {"bf16": "bfloat16", "fp32": "float32"}[expected]
+
+
+def raise_simulated_failure(*args, **kwargs):
+    raise RuntimeError("simulated: C++ compiler not found")
+
+
+@pytest.mark.parametrize(
+    ("mode", "target", "name"),
+    [
+        ("inductor", torch, "compile"),  # torch.compile itself fails
+        ("onednn", torch.jit, "trace"),  # tracing fails
+    ],
+)
+def test_a_failing_compiler_does_not_stop_the_encode(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys, monkeypatch, mode, target, name
+):
+    monkeypatch.setattr(target, name, raise_simulated_failure)
+    out = tmp_path / "store"
+    with pytest.warns(RuntimeWarning, match="failed .*simulated"):
+        code = main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out",
+                     str(out), "--workers", "0", "--dtype", "fp32", "--compile", mode,
+                     "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"compile: {mode} (requested)" in printed and "continuing eagerly" in printed
+    features = load_features(out)
+    expected = RadDino.from_pretrained(small_hf_dir).extract_cls_token(features.paths)
+    assert np.allclose(features.cls, expected.numpy(), atol=1e-5)
+
+
+def test_onednn_mode_encodes_within_tolerance(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
+):
+    from raddino.models.modes import TOLERANCES
+
+    out = tmp_path / "store"
+    assert main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
+                 "--workers", "1", "--batch-size", "2", "--dtype", "bf16", "--compile",
+                 "onednn", "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "compiled (oneDNN Graph) for input [2, 3, 518, 518]" in printed
+    assert "oneDNN Graph fused" in printed  # 3 batches: profiled twice, then fused
+    features = load_features(out)
+    expected = RadDino.from_pretrained(small_hf_dir).extract_cls_token(features.paths).numpy()
+    assert cosine_rows(features.cls, expected).min() >= TOLERANCES[torch.bfloat16]["cls"]
+
+
+def test_full_patch_shards_are_capped_in_bytes(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, monkeypatch
+):
+    import raddino.features.encode as encode_module
+
+    row_bytes = 4 * 64 * (1 + 37 * 37)  # CLS + patch tokens of the 64-dim model, float32
+    monkeypatch.setattr(encode_module, "SHARD_BYTES", 2 * row_bytes)
+    out = tmp_path / "store"
+    assert main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
+                 "--workers", "0", "--dtype", "fp32", "--patch-tokens", "full",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert finished_shards(out) == 3  # 5 images, 2 per shard
+    features = load_features(out)
+    assert [Path(p).name for p in features.paths] == [f"img{i}.png" for i in range(5)]
+    assert np.asarray(features.patches).shape == (5, 64, 37, 37)
+
+
+def test_help_mentions_the_library_compile_threshold():
+    from raddino.cli import encode as encode_cli
+    from raddino.models.modes import COMPILE_MIN_IMAGES
+
+    assert encode_cli.COMPILE_MIN_IMAGES == COMPILE_MIN_IMAGES

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from raddino.eval.encoders import EncoderSpec
-from raddino.features.encode import EncodeOptions, PatchMode, encode_to_store, resolve_dtype
+from raddino.features.encode import (
+    EncodeOptions,
+    PatchMode,
+    encode_to_store,
+    resolve_dtype,
+)
+from raddino.features.encode import check_device as check_device  # evaluation modules use it
 from raddino.features.store import Features, load_features
 from raddino.models.encoder import RadDino
 
@@ -46,17 +52,6 @@ class EncodedRows:
     def valid(self) -> np.ndarray:
         """(N,) bool: manifest rows that have features."""
         return self.row >= 0
-
-
-def check_device(device: str) -> torch.device:
-    """The device, or a ValueError when it is CUDA on a machine without CUDA."""
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device {device!r}: {error}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return resolved
 
 
 def store_directory(

@@ -1,5 +1,9 @@
 """Encode many images into a features store: decode in workers, batch, run the model, write shards.
 
+Worker processes decode and resize while the model runs (pinned host memory on GPU); the model
+runs through :class:`raddino.models.fast.InferenceEngine` (precision, optional compilation)
+and each shard goes to disk as soon as it is full, so memory stays flat however many images.
+
 Resumable: paths already in the store (encoded or rejected) are skipped, so re-running the same
 command after a crash or ``kill -9`` finishes the rest and ends with the same store as an
 uninterrupted run.
@@ -8,7 +12,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,30 +26,64 @@ from raddino.data.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image, to_u
 from raddino.data.preprocess import PreprocessConfig, array_to_chw_uint8, normalize, resize_and_crop
 from raddino.features.store import FeatureStoreWriter, StoreSummary
 from raddino.models.encoder import RadDino
+from raddino.models.fast import InferenceEngine
+from raddino.models.modes import (
+    COMPILE_CHOICES,
+    DTYPE_NAMES,
+    choose_compile,
+    configure_cpu_threads,
+    parse_dtype,
+    probe_hardware,
+)
 
 PatchMode = Literal["none", "full", "pooled"]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Rows of a shard are buffered in memory until the shard is written; with full patch tokens a
+# shard is capped at this many bytes of features (ViT-B/14 at 518 px: 4.2 MB per image).
+SHARD_BYTES = 64 * 2**20
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU."""
+    """The dtype ``EncodeOptions.dtype`` stands for.
+
+    ``auto`` -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU: the
+    conservative rule that keeps evaluation caches comparable across machines. ``raddino
+    encode --dtype auto`` also picks bf16 on CPUs with native bf16 matmuls and passes the
+    concrete dtype (:func:`raddino.models.modes.choose_dtype`).
+    """
+    name = parse_dtype(name)
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"--dtype {name!r}: choose auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return DTYPE_NAMES[name]
+
+
+def check_device(name: str) -> torch.device:
+    """``--device`` as a torch.device; a clear error for a bad name or a missing GPU."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """How to encode: batching, workers, device and what to store."""
+    """How to encode: batching, workers, device, precision, compilation and what to store.
+
+    dtype: auto (see :func:`resolve_dtype`), fp32/float32, bf16/bfloat16, fp16/float16.
+    compile: off, onednn, inductor or auto (:func:`raddino.models.modes.choose_compile`); a
+    failed compile falls back to eager with a warning.
+    """
 
     batch_size: int = 16
     num_workers: int = 2
     device: str = "cpu"
     dtype: str = "auto"
+    compile: str = "off"
     patch_tokens: PatchMode = "none"
     layers: tuple[int, ...] = ()
     shard_size: int = 1024
@@ -59,6 +97,9 @@ class EncodeOptions:
             raise ValueError(f"num_workers={self.num_workers} must be >= 0")
         if self.shard_size < 1:
             raise ValueError(f"shard_size={self.shard_size} must be >= 1")
+        parse_dtype(self.dtype)
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile={self.compile!r}: choose {', '.join(COMPILE_CHOICES)}")
         if self.patch_tokens not in ("none", "full", "pooled"):
             raise ValueError(f"patch_tokens={self.patch_tokens!r}: choose none, full or pooled")
 
@@ -70,6 +111,12 @@ class DecodedBatch:
     paths: list[str]
     pixels: torch.Tensor | None
     rejects: list[tuple[str, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> DecodedBatch:
+        """Page-locked pixels for an asynchronous copy to the GPU (called by the DataLoader)."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
 
 
 class ImageFiles(Dataset):
@@ -124,27 +171,70 @@ def store_meta(model: RadDino, model_id: str, options: EncodeOptions, dtype: tor
 
 
 def batch_arrays(
-    model: RadDino, pixels: torch.Tensor, options: EncodeOptions, layers: list[int]
+    engine: InferenceEngine,
+    pixels: torch.Tensor,
+    config: PreprocessConfig,
+    options: EncodeOptions,
+    num_register_tokens: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Run the backbone on uint8 pixels (B, C, H, W); return float32 arrays to store."""
-    inputs = normalize(
-        pixels.to(model.device, non_blocking=True), model.preprocess_config, model.dtype
-    )
-    output = model.backbone(inputs, layers=layers)
+    """Run the engine on uint8 pixels (B, C, H, W); return float32 arrays to store."""
+    inputs = normalize(pixels.to(engine.device, non_blocking=True), config, engine.dtype)
+    output = engine(inputs)
     arrays = {"cls": output.cls}
     if options.patch_tokens == "full":
         arrays["patches"] = output.patch_grid()
     elif options.patch_tokens == "pooled":
-        arrays["patch_mean"] = output.patches.mean(dim=1)
-    start = 1 + model.config.num_register_tokens
-    for index in layers:
+        arrays["patch_mean"] = output.patches.float().mean(dim=1)
+    start = 1 + num_register_tokens
+    for index in engine.layers:
         tokens = output.layers[index]
         arrays[f"layer{index}_cls"] = tokens[:, 0]
         if options.patch_tokens == "full":
             arrays[f"layer{index}_patches"] = output.patch_grid(tokens[:, start:])
         elif options.patch_tokens == "pooled":
-            arrays[f"layer{index}_patch_mean"] = tokens[:, start:].mean(dim=1)
+            arrays[f"layer{index}_patch_mean"] = tokens[:, start:].float().mean(dim=1)
     return {key: value.float().cpu().numpy() for key, value in arrays.items()}
+
+
+def shard_rows(model: RadDino, options: EncodeOptions) -> int:
+    """Images per shard: ``options.shard_size``, fewer when full patch tokens would make a
+    shard larger than :data:`SHARD_BYTES` (a shard is buffered in memory until written)."""
+    if options.patch_tokens != "full":
+        return options.shard_size
+    config = model.preprocess_config
+    height, width = config.output_size or (config.shortest_edge, config.shortest_edge)
+    grid = (height // model.config.patch_size) * (width // model.config.patch_size)
+    row_bytes = 4 * model.embed_dim * (1 + grid) * (1 + len(options.layers))
+    return max(1, min(options.shard_size, SHARD_BYTES // row_bytes))
+
+
+def build_engine(
+    model: RadDino,
+    options: EncodeOptions,
+    num_images: int,
+    log: Callable[[str], None] | None = None,
+) -> InferenceEngine:
+    """Move and cast ``model`` in place for ``options`` and wrap it for encoding.
+
+    ``num_images`` (the job's size) feeds ``--compile auto``. ``log`` receives one line per
+    decision (threads, compile) with its reason, and the compile steps.
+    """
+    log = log or (lambda message: None)
+    device = check_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    hardware = probe_hardware(device)
+    compile_choice = choose_compile(options.compile, hardware, dtype, num_images)
+    if device.type == "cpu":
+        log(f"threads: {configure_cpu_threads()} intra-op on {hardware.name}")
+    log(f"compile: {compile_choice.value} ({compile_choice.reason})")
+    return InferenceEngine(
+        model.backbone,
+        device=device,
+        dtype=dtype,
+        compile=str(compile_choice.value),
+        layers=options.layers,
+        on_event=log,
+    )
 
 
 def encode_to_store(
@@ -153,51 +243,66 @@ def encode_to_store(
     out_dir: str | Path,
     options: EncodeOptions,
     model_id: str = "",
+    *,
+    engine: InferenceEngine | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> StoreSummary:
     """Encode ``paths`` into the store at ``out_dir`` (resuming it when it exists).
 
-    The model is moved to ``options.device`` and cast to the resolved dtype in place.
+    The model is moved to ``options.device`` and cast to the resolved dtype in place. ``engine``
+    reuses an already prepared (e.g. compiled) :func:`build_engine` result for this model and
+    options; ``log`` receives the setup decisions (see :func:`build_engine`).
     """
-    device = torch.device(options.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {options.device}: CUDA is not available on this machine")
+    device = check_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     model = model.to(device=device, dtype=dtype).eval()
     layers = model.backbone.resolve_layers(options.layers)
-    options_meta = EncodeOptions(**{**options.__dict__, "layers": tuple(layers)})
+    options = EncodeOptions(**{**options.__dict__, "layers": tuple(layers)})
     writer = FeatureStoreWriter(
-        out_dir, store_meta(model, model_id, options_meta, dtype), options.shard_size
+        out_dir, store_meta(model, model_id, options, dtype), shard_rows(model, options)
     )
     order = list(dict.fromkeys(paths))
     todo = [path for path in order if path not in writer.done]
-    if todo:
-        loader = DataLoader(
-            ImageFiles(todo, model.preprocess_config, options.max_pixels),
-            batch_size=options.batch_size,
-            num_workers=options.num_workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=_limit_worker_threads if options.num_workers else None,
-            persistent_workers=False,
+    if not todo:
+        return writer.finalize(order)
+    if engine is None:
+        engine = build_engine(model, options, len(order), log)
+    elif (engine.device, engine.dtype, engine.layers) != (device, dtype, tuple(layers)):
+        raise ValueError(
+            f"engine runs {engine.dtype} on {engine.device} with layers {engine.layers}; "
+            f"the options ask for {dtype} on {device} with layers {tuple(layers)}"
         )
-        bar = tqdm(
-            total=len(todo),
-            unit="img",
-            desc="encode",
-            disable=not options.progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        rejected = 0
-        with writer, torch.inference_mode():
-            for batch in loader:
-                for path, reason in batch.rejects:
-                    writer.add_reject(path, reason)
-                if batch.pixels is not None:
-                    writer.add(batch.paths, batch_arrays(model, batch.pixels, options, layers))
-                bar.update(len(batch.paths) + len(batch.rejects))
-                if batch.rejects:
-                    rejected += len(batch.rejects)
-                    bar.set_postfix(rejected=rejected)
-        bar.close()
+    loader = DataLoader(
+        ImageFiles(todo, model.preprocess_config, options.max_pixels),
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_limit_worker_threads if options.num_workers else None,
+        persistent_workers=False,
+    )
+    bar = tqdm(
+        total=len(todo),
+        unit="img",
+        desc="encode",
+        disable=not options.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    rejected = 0
+    registers = model.config.num_register_tokens
+    with writer, torch.inference_mode():
+        for batch in loader:
+            for path, reason in batch.rejects:
+                writer.add_reject(path, reason)
+            if batch.pixels is not None:
+                arrays = batch_arrays(
+                    engine, batch.pixels, model.preprocess_config, options, registers
+                )
+                writer.add(batch.paths, arrays)
+            bar.update(len(batch.paths) + len(batch.rejects))
+            if batch.rejects:
+                rejected += len(batch.rejects)
+                bar.set_postfix(rejected=rejected)
+    bar.close()
     return writer.finalize(order)

@@ -109,21 +109,41 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
+def can_overwrite_activations() -> bool:
+    """True in plain eager inference: fresh activations may then be overwritten in place.
+
+    Not under autograd, and not while ``torch.jit.trace`` or ``torch.compile`` records the
+    graph (their fusers want the functional ops).
+    """
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection and SDPA."""
+    """Multi-head self-attention with a fused qkv projection and SDPA.
+
+    ``impl = "matmul"`` computes ``softmax(q k^T / sqrt(d)) v`` with explicit matmuls instead,
+    the pattern oneDNN Graph fuses when the model is traced for CPU inference
+    (:mod:`raddino.models.fast`); the default ``"sdpa"`` is what training uses.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.impl: Literal["sdpa", "matmul"] = "sdpa"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D)."""
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        head_dim = self.qkv.in_features // self.num_heads  # a constant, also when traced
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.impl == "matmul":
+            scores = torch.matmul(q, k.transpose(-1, -2)) * float(head_dim**-0.5)
+            out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -136,7 +156,7 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.fc1(x)
         # Without autograd, GELU can overwrite fc1's fresh output instead of allocating.
-        hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+        hidden = torch.ops.aten.gelu_(hidden) if can_overwrite_activations() else F.gelu(hidden)
         return self.fc2(hidden)
 
 
@@ -150,7 +170,7 @@ class SwiGLUFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w12(x).chunk(2, dim=-1)
-        if torch.is_grad_enabled():
+        if not can_overwrite_activations():
             return self.w3(F.silu(gate) * up)
         return self.w3(F.silu(gate, inplace=True).mul_(up))  # reuse w12's fresh output
 
@@ -196,7 +216,7 @@ class Block(nn.Module):
     def residual(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Module) -> torch.Tensor:
         """x + drop_path(scale(branch)); one fused ``addcmul`` pass when nothing is dropped."""
         if isinstance(scale, LayerScale) and not (self.training and self.drop_path_rate):
-            if torch.is_grad_enabled():
+            if not can_overwrite_activations():
                 return torch.addcmul(x, branch, scale.gamma)
             # Without autograd the fresh branch tensor can hold the result: no new allocation.
             return torch.addcmul(x, branch, scale.gamma, out=branch)

@@ -1,0 +1,217 @@
+"""Which inference mode to run: precision and compilation, decided from the hardware.
+
+Each decision is a pure function of what the machine offers (:class:`Hardware`), so it can be
+unit-tested with fake capabilities, and returns its reason for the user:
+
+- :func:`choose_dtype`: ``auto`` = bf16 on GPUs with bf16 (fp16 on older GPUs), bf16 on CPUs with
+  native bf16 matmuls (AVX512-BF16 or AMX), fp32 otherwise.
+- :func:`choose_compile`: ``auto`` = ``onednn`` (the model traced with TorchScript and fused by
+  oneDNN Graph) on CPUs for jobs of :data:`COMPILE_MIN_IMAGES` images or more, off on GPUs.
+
+Measured speed and accuracy of each mode: ``docs/encoding.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+
+import torch
+
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+COMPILE_CHOICES = ("auto", "off", "onednn", "inductor")
+
+# ``--compile auto`` uses oneDNN Graph on CPU for jobs from this many images on: tracing and the
+# first (unfused, profiling) calls cost about 10-20 s on a 2-core EPYC, and the fused model
+# saves 0.2-0.5 s per ViT-B/14 image there (docs/encoding.md).
+COMPILE_MIN_IMAGES = 64
+
+# Documented agreement with fp32: worst cosine similarity of CLS embeddings and of patch tokens
+# (tests/models/test_fast.py checks them; docs/encoding.md has the measured values).
+TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float32: {"cls": 0.99999, "patches": 0.99999},
+    torch.bfloat16: {"cls": 0.999, "patches": 0.995},
+    torch.float16: {"cls": 0.999, "patches": 0.995},
+}
+
+
+def short_name(dtype: torch.dtype) -> str:
+    """fp32, bf16 or fp16."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the precision and compile decisions depend on.
+
+    bf16 / fp16: the device multiplies matrices natively in that format (not emulated).
+    onednn_graph: this torch build can fuse TorchScript graphs with oneDNN Graph (CPU).
+    compiler: what ``torch.compile``'s inductor needs (a C++ compiler on CPU, Triton on CUDA).
+    """
+
+    device_type: str
+    name: str
+    bf16: bool
+    fp16: bool
+    onednn_graph: bool
+    compiler: bool
+
+
+def _cpuinfo_field(*keys: str) -> str:
+    """The value of the first /proc/cpuinfo line starting with one of ``keys`` ('' elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX on x86: what oneDNN's bf16 matmuls run at full speed on."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return True
+    return bool(set(_cpuinfo_field("flags").split()) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpp_compiler_available() -> bool:
+    """A C++ compiler for inductor's CPU code: ``$CXX``, else g++, c++ or clang++ on PATH."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return any(shutil.which(name.split()[0]) for name in candidates)
+
+
+def onednn_graph_available() -> bool:
+    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def probe_hardware(device: torch.device | str) -> Hardware:
+    """Capabilities of ``device`` on this machine."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return Hardware(
+            device_type="cuda",
+            name=torch.cuda.get_device_name(index),
+            bf16=torch.cuda.is_bf16_supported(),
+            fp16=True,
+            onednn_graph=False,
+            compiler=triton_available(),
+        )
+    if device.type == "cpu":
+        model = _cpuinfo_field("model name") or platform.processor() or platform.machine()
+        amx_fp16 = getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+        return Hardware(
+            device_type="cpu",
+            name=f"{model} ({torch.backends.cpu.get_cpu_capability()})",
+            bf16=cpu_has_native_bf16(),
+            fp16=bool(amx_fp16()),
+            onednn_graph=onednn_graph_available(),
+            compiler=cpp_compiler_available(),
+        )
+    return Hardware(device.type, device.type, False, False, False, False)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A decision and the reason to print with it."""
+
+    value: object
+    reason: str
+
+
+def parse_dtype(name: str) -> str:
+    """Normalise a dtype name: auto, fp32/float32, bf16/bfloat16, fp16/float16."""
+    name = name.lower()
+    if name != "auto" and name not in DTYPE_NAMES:
+        raise ValueError(f"dtype {name!r}: choose auto, fp32, bf16 or fp16")
+    return name
+
+
+def choose_dtype(requested: str, hardware: Hardware) -> Choice:
+    """The precision to encode in; ``value`` is a ``torch.dtype``."""
+    requested = parse_dtype(requested)
+    if requested != "auto":
+        dtype = DTYPE_NAMES[requested]
+        native = {torch.bfloat16: hardware.bf16, torch.float16: hardware.fp16}.get(dtype, True)
+        if native:
+            return Choice(dtype, "requested")
+        return Choice(
+            dtype,
+            f"requested; {hardware.name} has no native {short_name(dtype)} matmuls, so this "
+            "may be slower than fp32",
+        )
+    if hardware.device_type == "cuda":
+        if hardware.bf16:
+            return Choice(torch.bfloat16, f"auto: {hardware.name} supports bf16")
+        return Choice(torch.float16, f"auto: {hardware.name} has no bf16, using fp16")
+    if hardware.device_type == "cpu" and hardware.bf16:
+        return Choice(torch.bfloat16, "auto: CPU has native bf16 matmuls (AVX512-BF16 or AMX)")
+    return Choice(torch.float32, f"auto: no native bf16 on {hardware.name}")
+
+
+def choose_compile(
+    requested: str, hardware: Hardware, dtype: torch.dtype, num_images: int
+) -> Choice:
+    """How to compile: ``value`` is ``"off"``, ``"onednn"`` or ``"inductor"``.
+
+    auto: ``onednn`` on CPU in fp32 or bf16 for jobs of :data:`COMPILE_MIN_IMAGES` images or
+    more; off otherwise, and on GPUs (where decoding rather than the model limits
+    ``raddino encode``; ``inductor`` is there to try). ``num_images`` is the whole job's size,
+    so a resumed run picks the mode of the first run.
+    """
+    if requested not in COMPILE_CHOICES:
+        raise ValueError(f"compile {requested!r}: choose {', '.join(COMPILE_CHOICES)}")
+    if requested == "onednn" and hardware.device_type != "cpu":
+        raise ValueError("compile 'onednn' runs on CPU only; use 'inductor' or 'off'")
+    if requested != "auto":
+        return Choice(requested, "requested")
+    if hardware.device_type != "cpu":
+        return Choice("off", f"auto: not used on {hardware.device_type}")
+    if not hardware.onednn_graph:
+        return Choice("off", "auto: this torch build has no oneDNN Graph fuser")
+    if dtype == torch.float16:
+        return Choice("off", "auto: oneDNN Graph is used for fp32 and bf16 only")
+    if num_images < COMPILE_MIN_IMAGES:
+        return Choice(
+            "off",
+            f"auto: {num_images} images are too few to pay back tracing "
+            f"(from {COMPILE_MIN_IMAGES} on)",
+        )
+    return Choice("onednn", f"auto: {num_images} images on CPU")
+
+
+def configure_cpu_threads() -> int:
+    """Intra-op threads = at most the CPUs this process may use (unless ``OMP_NUM_THREADS`` is
+    set); returns the thread count in effect."""
+    if not os.environ.get("OMP_NUM_THREADS") and hasattr(os, "sched_getaffinity"):
+        available = len(os.sched_getaffinity(0))
+        if torch.get_num_threads() > available:
+            torch.set_num_threads(available)
+    return torch.get_num_threads()

@@ -1,0 +1,255 @@
+"""Fast inference: mode decisions, each mode's agreement with fp32, fallbacks to eager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raddino.models import modes
+from raddino.models.encoder import RadDino
+from raddino.models.fast import InferenceEngine
+from raddino.models.modes import (
+    COMPILE_MIN_IMAGES,
+    TOLERANCES,
+    Choice,
+    Hardware,
+    choose_compile,
+    choose_dtype,
+)
+from tests.conftest import synthetic_radiograph
+
+CPU_BF16 = Hardware("cpu", "EPYC (AVX512)", bf16=True, fp16=False, onednn_graph=True, compiler=True)
+CPU_OLD = Hardware("cpu", "Xeon (AVX2)", bf16=False, fp16=False, onednn_graph=False, compiler=False)
+GPU_BF16 = Hardware("cuda", "H100", bf16=True, fp16=True, onednn_graph=False, compiler=True)
+GPU_OLD = Hardware("cuda", "V100", bf16=False, fp16=True, onednn_graph=False, compiler=True)
+BF16 = torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("hardware", "expected"),
+    [
+        (CPU_BF16, torch.bfloat16),
+        (CPU_OLD, torch.float32),
+        (GPU_BF16, torch.bfloat16),
+        (GPU_OLD, torch.float16),
+    ],
+)
+def test_auto_dtype_follows_native_support(hardware: Hardware, expected: torch.dtype):
+    choice = choose_dtype("auto", hardware)
+    assert choice.value == expected
+    assert choice.reason.startswith("auto: ")
+
+
+def test_requested_dtype_is_honoured_and_emulation_is_flagged():
+    assert choose_dtype("fp32", CPU_BF16).value == torch.float32
+    assert choose_dtype("bfloat16", CPU_BF16) == Choice(torch.bfloat16, "requested")
+    slow = choose_dtype("bf16", CPU_OLD)
+    assert slow.value == torch.bfloat16 and "slower than fp32" in slow.reason
+    assert "slower" in choose_dtype("fp16", CPU_BF16).reason
+    with pytest.raises(ValueError, match="choose auto, fp32, bf16 or fp16"):
+        choose_dtype("int8", CPU_BF16)
+
+
+def test_auto_compile_uses_onednn_on_cpu_for_large_jobs_only():
+    many, few = COMPILE_MIN_IMAGES, COMPILE_MIN_IMAGES - 1
+    assert choose_compile("auto", CPU_BF16, BF16, many).value == "onednn"
+    assert choose_compile("auto", CPU_BF16, torch.float32, many).value == "onednn"
+    assert "too few" in choose_compile("auto", CPU_BF16, BF16, few).reason
+    assert choose_compile("auto", CPU_BF16, torch.float16, many).value == "off"
+    assert "no oneDNN Graph" in choose_compile("auto", CPU_OLD, torch.float32, many).reason
+    assert choose_compile("auto", GPU_BF16, BF16, 10**6).value == "off"
+
+
+def test_requested_compile_is_honoured_where_it_can_run():
+    assert choose_compile("inductor", CPU_OLD, torch.float32, 1) == Choice("inductor", "requested")
+    assert choose_compile("off", CPU_BF16, BF16, 10**6).value == "off"
+    assert choose_compile("inductor", GPU_BF16, BF16, 1).value == "inductor"
+    with pytest.raises(ValueError, match="CPU only"):
+        choose_compile("onednn", GPU_BF16, BF16, 10**6)
+    with pytest.raises(ValueError, match="choose auto, off, onednn, inductor"):
+        choose_compile("on", CPU_BF16, BF16, 1)
+
+
+def test_probe_of_this_machine_is_consistent():
+    hardware = modes.probe_hardware("cpu")
+    assert hardware.device_type == "cpu" and hardware.name
+    expected = torch.bfloat16 if hardware.bf16 else torch.float32
+    assert choose_dtype("auto", hardware).value == expected
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def cosines(output, reference) -> dict[str, float]:
+    """Worst cosine similarity of CLS embeddings and of patch tokens against the reference."""
+    return {
+        "cls": F.cosine_similarity(output.cls.float(), reference.cls, dim=-1).min().item(),
+        "patches": F.cosine_similarity(output.patches.float(), reference.patches, dim=-1)
+        .min()
+        .item(),
+    }
+
+
+@pytest.fixture(scope="module")
+def pixels(small_hf_dir: Path) -> torch.Tensor:
+    images = [synthetic_radiograph(600, 520, seed=seed) for seed in range(2)]
+    return RadDino.from_pretrained(small_hf_dir).preprocess(images)
+
+
+@pytest.fixture(scope="module")
+def fp32_reference(small_hf_dir: Path, pixels: torch.Tensor):
+    with torch.inference_mode():
+        return RadDino.from_pretrained(small_hf_dir).encode(pixels, layers=[0])
+
+
+DEVICE_DTYPES = [
+    ("cpu", torch.float32),
+    ("cpu", torch.bfloat16),
+    ("cpu", torch.float16),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.skipif("not torch.cuda.is_available()")),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.skipif("not torch.cuda.is_available()")),
+]
+
+
+@pytest.mark.parametrize(("device", "dtype"), DEVICE_DTYPES)
+def test_each_dtype_is_within_its_documented_tolerance_of_fp32(
+    small_hf_dir: Path, pixels: torch.Tensor, fp32_reference, device: str, dtype: torch.dtype
+):
+    engine = InferenceEngine(
+        RadDino.from_pretrained(small_hf_dir).backbone, device=device, dtype=dtype, layers=[0]
+    )
+    output = engine(pixels.to(device, dtype))
+    assert output.cls.dtype == dtype and output.patches.shape == fp32_reference.patches.shape
+    measured = cosines(output, fp32_reference)
+    for key, tolerance in TOLERANCES[dtype].items():
+        assert measured[key] >= tolerance, (key, measured)
+    assert sorted(output.layers) == [0]
+    layer = F.cosine_similarity(output.layers[0].float(), fp32_reference.layers[0], dim=-1)
+    assert layer.min().item() >= TOLERANCES[dtype]["patches"]
+
+
+def test_explicit_matmul_attention_matches_sdpa(small_hf_dir: Path, pixels: torch.Tensor):
+    backbone = RadDino.from_pretrained(small_hf_dir).backbone
+    with torch.no_grad():
+        sdpa = backbone(pixels)
+        for block in backbone.blocks:
+            block.attn.impl = "matmul"  # what the oneDNN Graph mode traces
+        matmul = backbone(pixels)
+    assert torch.allclose(matmul.patches, sdpa.patches, atol=1e-5)
+
+
+def test_fp32_eager_engine_equals_the_model_itself(small_hf_dir: Path, pixels: torch.Tensor):
+    model = RadDino.from_pretrained(small_hf_dir)
+    engine = InferenceEngine(model.backbone, dtype=torch.float32)
+    with torch.no_grad():
+        eager = model.encode(pixels)
+    assert torch.equal(engine(pixels).cls, eager.cls)
+    assert model.backbone.training is False and engine.mode == "fp32 eager"
+
+
+def check_tolerance(output, reference, dtype: torch.dtype) -> None:
+    measured = cosines(output, reference)
+    for key, tolerance in TOLERANCES[dtype].items():
+        assert measured[key] >= tolerance, (key, measured)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_mode_fuses_stays_within_tolerance_and_pads_the_last_batch(
+    small_hf_dir: Path, pixels: torch.Tensor, fp32_reference, dtype: torch.dtype
+):
+    events: list[str] = []
+    engine = InferenceEngine(
+        RadDino.from_pretrained(small_hf_dir).backbone,
+        dtype=dtype,
+        compile="onednn",
+        layers=[0],
+        on_event=events.append,
+    )
+    inputs = pixels.to(dtype)
+    for _ in range(3):  # TorchScript profiles the first calls, then fuses
+        full = engine(inputs)
+    assert engine.mode == f"{modes.short_name(dtype)} oneDNN Graph", engine.compile_error
+    assert "compiled (oneDNN Graph) for input [2, 3, 518, 518]" in events[0]
+    assert "oneDNN Graph fused" in events[1] and engine.compile_seconds is not None
+    check_tolerance(full, fp32_reference, dtype)
+    last = engine(inputs[1:])  # a partial batch runs padded to the traced shape
+    assert last.cls.shape == (1, 64) and last.patches.shape == (1, 37 * 37, 64)
+    assert torch.equal(last.cls, full.cls[1:]) and torch.equal(last.layers[0], full.layers[0][1:])
+    assert all(block.attn.impl == "sdpa" for block in engine.backbone.blocks)
+
+
+@pytest.mark.skipif(not modes.cpp_compiler_available(), reason="inductor needs a C++ compiler")
+def test_inductor_mode_stays_within_tolerance_and_pads_the_last_batch(
+    small_hf_dir: Path, pixels: torch.Tensor, fp32_reference
+):
+    engine = InferenceEngine(
+        RadDino.from_pretrained(small_hf_dir).backbone, dtype=BF16, compile="inductor"
+    )
+    full = engine(pixels.to(BF16))
+    assert engine.mode == "bf16 inductor", engine.compile_error
+    check_tolerance(full, fp32_reference, BF16)
+    last = engine(pixels[1:].to(BF16))
+    assert torch.equal(last.cls, full.cls[1:])
+
+
+def raise_on_call(*args, **kwargs):
+    raise RuntimeError("simulated: no working C++ compiler\nsecond line")
+
+
+def test_inductor_failing_at_the_first_call_falls_back_to_eager(
+    small_hf_dir: Path, pixels: torch.Tensor, fp32_reference, monkeypatch
+):
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: raise_on_call)
+    events: list[str] = []
+    engine = InferenceEngine(
+        RadDino.from_pretrained(small_hf_dir).backbone, compile="inductor", on_event=events.append
+    )
+    with pytest.warns(RuntimeWarning, match=r"compiling \(inductor\) failed .*continuing eagerly"):
+        output = engine(pixels)
+    assert not engine.compiled and engine.mode == "fp32 eager"
+    assert engine.compile_error == "RuntimeError: simulated: no working C++ compiler"
+    assert "continuing eagerly" in events[0]
+    assert torch.allclose(output.cls, fp32_reference.cls, atol=1e-5)
+    assert torch.equal(engine(pixels).cls, output.cls)  # stays eager, no second warning
+
+
+def test_torch_compile_raising_immediately_falls_back_to_eager(
+    small_hf_dir: Path, pixels: torch.Tensor, monkeypatch
+):
+    monkeypatch.setattr(torch, "compile", raise_on_call)
+    with pytest.warns(RuntimeWarning, match="failed"):
+        engine = InferenceEngine(RadDino.from_pretrained(small_hf_dir).backbone, compile="inductor")
+    assert not engine.compiled
+    assert engine(pixels).cls.shape == (2, 64)
+
+
+def test_tracing_failure_falls_back_to_eager(
+    small_hf_dir: Path, pixels: torch.Tensor, fp32_reference, monkeypatch
+):
+    monkeypatch.setattr(torch.jit, "trace", raise_on_call)
+    engine = InferenceEngine(RadDino.from_pretrained(small_hf_dir).backbone, compile="onednn")
+    with pytest.warns(RuntimeWarning, match=r"compiling \(oneDNN Graph\) failed"):
+        output = engine(pixels)
+    assert engine.mode == "fp32 eager"
+    assert torch.allclose(output.cls, fp32_reference.cls, atol=1e-5)
+    assert all(block.attn.impl == "sdpa" for block in engine.backbone.blocks)
+
+
+def test_a_graph_onednn_did_not_fuse_falls_back_to_eager(
+    small_hf_dir: Path, pixels: torch.Tensor, fp32_reference, monkeypatch
+):
+    enable = torch.jit.enable_onednn_fusion
+    monkeypatch.setattr(torch.jit, "enable_onednn_fusion", lambda enabled: enable(False))
+    engine = InferenceEngine(
+        RadDino.from_pretrained(small_hf_dir).backbone, dtype=BF16, compile="onednn"
+    )
+    inputs = pixels.to(BF16)
+    engine(inputs)
+    engine(inputs)
+    with pytest.warns(RuntimeWarning, match="fused nothing"):
+        output = engine(inputs)
+    assert engine.mode == "bf16 eager"
+    check_tolerance(output, fp32_reference, BF16)
