@@ -300,3 +300,15 @@ def test_help_mentions_the_library_compile_threshold():
     from raddino.models.modes import COMPILE_MIN_IMAGES
 
     assert encode_cli.COMPILE_MIN_IMAGES == COMPILE_MIN_IMAGES
+
+
+def test_check_device_resolves_auto_and_names_a_missing_gpu():
+    from raddino.features.encode import check_device
+
+    assert check_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert check_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="--device"):
+        check_device("tpu-or-nothing")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            check_device("cuda")

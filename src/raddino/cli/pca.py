@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from raddino.cli.probe import positive_int
-from raddino.cli.similarity import add_device_argument, resolve_device
+from raddino.cli.similarity import add_device_argument
 
 HELP = "colour each patch by the first three principal components of the patch tokens"
 DESCRIPTION = f"""{HELP}.
@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     paths = []
     for item in args.images:
         paths.extend(scan_folder(Path(item)) if Path(item).is_dir() else [item])
-    device = resolve_device(args.device)
+    from raddino.features.encode import check_device
+
+    device = check_device(args.device)
     model = RadDino.from_pretrained(args.model, device=device)
     crops, names = [], []  # decode one at a time, keep only the model's (small) crops
     for path in paths:

@@ -52,17 +52,6 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_device(name: str):
-    """``auto`` -> cuda when available, else cpu; a ValueError naming --device otherwise."""
-    import torch
-
-    from raddino.eval.features import check_device
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return check_device(name)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "similarity",
@@ -103,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     from raddino.atomic import write_bytes_atomic
     from raddino.data.io import ImageReadError
+    from raddino.features.encode import check_device
     from raddino.models.encoder import RadDino
     from raddino.viz.similarity import (
         PointOutsideError,
@@ -110,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         save_similarity_figure,
     )
 
-    device = resolve_device(args.device)
+    device = check_device(args.device)
     model = RadDino.from_pretrained(args.model, device=device)
     try:
         maps = patch_similarity(

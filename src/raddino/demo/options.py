@@ -166,11 +166,9 @@ class DemoOptions:
     @property
     def eval_device(self) -> str:
         """The device of evaluation and report generation (``auto``: CUDA when present)."""
-        if self.device != "auto":
-            return self.device
-        import torch
+        from raddino.features.encode import check_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return check_device(self.device).type
 
 
 @dataclass(frozen=True)

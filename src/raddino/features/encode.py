@@ -60,7 +60,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def check_device(name: str) -> torch.device:
-    """``--device`` as a torch.device; a clear error for a bad name or a missing GPU."""
+    """``--device`` as a torch.device (``auto``: CUDA when present, else the CPU); a clear
+    error for a bad name or a missing GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
