@@ -20,6 +20,11 @@ a small ViT at 518 px so it takes seconds, ``--rss-full`` with the RAD-DINO-size
 
     python benchmarks/encode_throughput.py [--images 4] [--batch-size 4] [--rounds 3]
         [--pipeline-images 12] [--workers 2] [--eager-bf16] [--rss-full] [--skip-rss | --only-rss]
+        [--device cpu|cuda]
+
+With ``--device cuda`` the same candidates run on the GPU (autocast in bf16, or fp16 where the
+GPU has no bf16; the fast path is what ``--dtype auto --compile auto`` picks there), timings
+wait for the GPU, and the peak-RSS part is skipped (it measures host memory of a CPU job).
 """
 
 from __future__ import annotations
@@ -71,18 +76,28 @@ def vit_flops(config: ViTConfig) -> float:
     return patches + config.depth * (linears + attention)
 
 
-def matmul_rate(dtype: torch.dtype, rows: int, repeats: int = 3) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(
+    dtype: torch.dtype, rows: int, repeats: int = 3, device: torch.device | str = "cpu"
+) -> float:
     """Best FLOP/s in ``dtype`` of ``F.linear`` at the ViT's two MLP shapes (rows x 768 @
     768 x 3072 and rows x 3072 @ 3072 x 768) and of a 2048^3 ``torch.mm``."""
     shapes = [(rows, 768, 3072), (rows, 3072, 768), (2048, 2048, 2048)]
     best = 0.0
     for m, k, n in shapes:
-        a = torch.randn(m, k, dtype=dtype)
-        w = torch.randn(n, k, dtype=dtype)
+        a = torch.randn(m, k, dtype=dtype, device=device)
+        w = torch.randn(n, k, dtype=dtype, device=device)
         F.linear(a, w)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             F.linear(a, w)
+        synchronize(device)
         best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start))
     return best
 
@@ -91,9 +106,11 @@ def images_per_second(
     run_batch: Callable[[torch.Tensor], object], pixels: torch.Tensor, batch: int
 ) -> float:
     """Throughput of ``run_batch`` over ``pixels`` (N, 3, H, W) in batches."""
+    synchronize(pixels.device)
     start = time.perf_counter()
     for begin in range(0, len(pixels), batch):
         run_batch(pixels[begin : begin + batch])
+    synchronize(pixels.device)
     return len(pixels) / (time.perf_counter() - start)
 
 
@@ -122,8 +139,10 @@ def write_pngs(folder: Path, images: list[np.ndarray], count: int) -> list[str]:
 
 def cosine_report(fast, reference) -> tuple[float, float]:
     """Worst CLS and worst patch-token cosine similarity of ``fast`` against ``reference``."""
-    cls = F.cosine_similarity(fast.cls.float(), reference.cls, dim=-1).min().item()
-    patches = F.cosine_similarity(fast.patches.float(), reference.patches, dim=-1).min().item()
+    cls = F.cosine_similarity(fast.cls.float(), reference.cls.float(), dim=-1).min().item()
+    patches = (
+        F.cosine_similarity(fast.patches.float(), reference.patches.float(), dim=-1).min().item()
+    )
     return cls, patches
 
 
@@ -247,6 +266,7 @@ def main() -> None:
     parser.add_argument("--eager-bf16", action="store_true", help="also raddino bf16 eager")
     parser.add_argument("--skip-rss", action="store_true", help="no peak-RSS measurement")
     parser.add_argument("--only-rss", action="store_true", help="only the peak-RSS measurement")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--rss-count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rss-model", help=argparse.SUPPRESS)
     parser.add_argument("--rss-images", help=argparse.SUPPRESS)
@@ -261,11 +281,16 @@ def main() -> None:
 
     from raddino.models.formats import RAD_DINO_HF_CONFIG
 
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible to torch")
     threads = configure_cpu_threads()
-    hardware = probe_hardware("cpu")
+    hardware = probe_hardware(device)
     fast_dtype = choose_dtype("auto", hardware)
     fast_compile = choose_compile("auto", hardware, fast_dtype.value, 10_000)
-    autocast_dtype = torch.bfloat16
+    autocast_dtype = torch.bfloat16 if device.type == "cpu" or hardware.bf16 else torch.float16
+    peak_dtype = torch.bfloat16 if autocast_dtype == torch.bfloat16 else torch.float16
+    low = short_name(peak_dtype)
     print(
         f"torch {torch.__version__}, {hardware.name}, native bf16: {hardware.bf16}, "
         f"C++ compiler: {hardware.compiler}, {threads} threads; load average {load_average()}"
@@ -286,17 +311,18 @@ def main() -> None:
         if args.only_rss:
             measure_rss(args, tmp, tmp / "model")
             return
-        reference = Dinov2Model.from_pretrained(tmp / "model").eval()
-        model = RadDino.from_pretrained(tmp / "model")
+        reference = Dinov2Model.from_pretrained(tmp / "model").eval().to(device)
+        model = RadDino.from_pretrained(tmp / "model").to(device)
         fast_model = RadDino.from_pretrained(tmp / "model")
         flops = vit_flops(model.config)
 
         images = random_radiographs(max(args.images, 16), 518)
-        pixels = model.preprocess(images[: args.images])
+        pixels = model.preprocess(images[: args.images]).to(device)
 
         options = EncodeOptions(
             batch_size=args.batch_size,
             num_workers=args.workers,
+            device=str(device),
             dtype=short_name(fast_dtype.value),
             compile=str(fast_compile.value),
             progress=False,
@@ -324,7 +350,7 @@ def main() -> None:
 
         @torch.inference_mode()
         def run_transformers_autocast(batch: torch.Tensor) -> object:
-            with torch.autocast("cpu", dtype=autocast_dtype):
+            with torch.autocast(device.type, dtype=autocast_dtype):
                 return reference(pixel_values=batch).last_hidden_state
 
         @torch.inference_mode()
@@ -341,7 +367,7 @@ def main() -> None:
             fast_name: run_fast,
         }
         if args.eager_bf16:
-            eager_bf16 = RadDino.from_pretrained(tmp / "model").to(dtype=torch.bfloat16)
+            eager_bf16 = RadDino.from_pretrained(tmp / "model").to(device, torch.bfloat16)
 
             @torch.inference_mode()
             def run_eager_bf16(batch: torch.Tensor) -> object:
@@ -357,13 +383,14 @@ def main() -> None:
                 run_batch(pixels[: args.batch_size])
 
         rates: dict[str, list[float]] = {name: [] for name in candidates}
-        peaks: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
+        peaks: dict[torch.dtype, list[float]] = {torch.float32: [], peak_dtype: []}
+        repeats = 3 if device.type == "cpu" else 30
         rows = args.batch_size * 1370
         for round_index in range(args.rounds):
             for name, run_batch in candidates.items():
                 rates[name].append(images_per_second(run_batch, pixels, args.batch_size))
             for dtype in peaks:
-                peaks[dtype].append(matmul_rate(dtype, rows))
+                peaks[dtype].append(matmul_rate(dtype, rows, repeats, device))
             print(
                 f"  round {round_index + 1}: "
                 + ", ".join(f"{name} {values[-1]:.3f}" for name, values in rates.items())
@@ -385,14 +412,14 @@ def main() -> None:
         print(
             f"matmul peak (best of F.linear at the ViT's MLP shapes with {rows} rows and a 2048^3 "
             f"matmul, measured in each round, median): fp32 {peak[torch.float32] / 1e9:.0f} "
-            f"GFLOP/s, bf16 {peak[torch.bfloat16] / 1e9:.0f} GFLOP/s "
-            f"(max {max(peaks[torch.bfloat16]) / 1e9:.0f})"
+            f"GFLOP/s, {low} {peak[peak_dtype] / 1e9:.0f} GFLOP/s "
+            f"(max {max(peaks[peak_dtype]) / 1e9:.0f})"
         )
         fast_rate = median[fast_name]
         print(
-            f"fast path: {fast_rate * flops / peak[torch.bfloat16]:.0%} of the bf16 matmul peak "
-            f"({fast_rate * flops / max(peaks[torch.bfloat16]):.0%} of its max); bf16 ceiling "
-            f"{peak[torch.bfloat16] / flops:.2f} img/s"
+            f"fast path: {fast_rate * flops / peak[peak_dtype]:.0%} of the {low} matmul peak "
+            f"({fast_rate * flops / max(peaks[peak_dtype]):.0%} of its max); {low} ceiling "
+            f"{peak[peak_dtype] / flops:.2f} img/s"
         )
         cls_cos, patch_cos = cosine_report(fast_out, fp32_out)
         print(
@@ -405,7 +432,7 @@ def main() -> None:
         # ------------------------------------------------------------ end to end
         paths = write_pngs(tmp / "pngs", images, args.pipeline_images)
         cycled = [images[index % len(images)] for index in range(args.pipeline_images)]
-        pipeline_pixels = fast_model.preprocess(cycled)  # the PNGs' pixels
+        pipeline_pixels = fast_model.preprocess(cycled).to(device)  # the PNGs' pixels
         encode_to_store(
             fast_model, paths[: args.batch_size], tmp / "warmup", options, engine=engine
         )
@@ -428,7 +455,7 @@ def main() -> None:
             f"{statistics.median(model_rates):.3f} img/s)"
         )
 
-        if not args.skip_rss:
+        if not args.skip_rss and device.type == "cpu":
             measure_rss(args, tmp, tmp / "model")
 
 

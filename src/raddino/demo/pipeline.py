@@ -189,6 +189,8 @@ class Demo:
     # ------------------------------------------------------------------ stages
 
     def stages(self) -> list[Stage]:
+        from raddino.data.synth import RENDER_VERSION
+
         o, s = self.options, self.sizes
         reports_on, reason = self.reports_enabled()
         evaluate_needs = ("cohort", "pretrain", *(("pretrain_no_ibot",) if o.ablation else ()))
@@ -196,7 +198,7 @@ class Demo:
             Stage(
                 "cohort",
                 self.run_cohort,
-                {"synth": _jsonable(self.synth_config())},
+                {"synth": _jsonable(self.synth_config()), "render_version": RENDER_VERSION},
                 estimate=self.estimate_cohort,
             ),
             Stage(

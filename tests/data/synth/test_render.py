@@ -184,3 +184,22 @@ def test_rendering_is_deterministic(renderer: Renderer) -> None:
     first, second = renderer.render(patient, SIZE), renderer.render(patient, SIZE)
     assert np.array_equal(first.image, second.image)
     assert all(np.array_equal(first.masks[k], second.masks[k]) for k in MASKS)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_central_line_thinner_than_a_pixel_projects_as_one_unbroken_line(
+    renderer: Renderer, seed: int
+) -> None:
+    """The line (2 mm across, pixels ~3 mm) is averaged over each pixel's area: its mask is one
+    8-connected piece inside the field and it darkens every pixel of it, instead of dashes where
+    it passes between pixel centres."""
+    from scipy import ndimage
+
+    patient = make_patient(renderer, seed, prevalence={"central_line": 1.0})
+    image, masks = image_of(renderer, patient)
+    plain, _ = image_of(renderer, without(patient, "central_line"))
+    mask = masks["central_line"] & (plain < 0.999)  # inside the exposed field
+    _, pieces = ndimage.label(mask, structure=np.ones((3, 3)))
+    assert mask.sum() > 20 and pieces == 1
+    # most of it visibly (the rest: pixels the line only grazes, or where the window saturates)
+    assert (np.abs(image - plain)[mask] > 0.005).mean() > 0.85

@@ -11,7 +11,7 @@ Modules, in the order data flows through them: `source` (fetch and verify the CT
 manifest), `sheet` (contact sheets).
 """
 
-from raddino.data.synth.cohort import CohortSummary, SynthConfig, generate_cohort
+from raddino.data.synth.cohort import RENDER_VERSION, CohortSummary, SynthConfig, generate_cohort
 from raddino.data.synth.findings import DEFAULT_PREVALENCE, FINDINGS
 from raddino.data.synth.render import MASKS
 from raddino.data.synth.sheet import contact_sheet
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_PREVALENCE",
     "FINDINGS",
     "MASKS",
+    "RENDER_VERSION",
     "CohortSummary",
     "CtSource",
     "SourceError",

@@ -49,6 +49,11 @@ FIELD_AT_PATIENT_MM = 340.0
 """Typical width of the image at the patient; sets the working grid's resolution for a size."""
 
 
+RENDER_VERSION = 2
+"""Raised whenever the same config and seed render different images (2: larger and denser
+nodules and consolidations, radio-opaque devices averaged over each pixel's area)."""
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What to render. ``prevalence``: finding name -> probability (missing names: 0)."""
@@ -239,6 +244,7 @@ def generate_cohort(
     info = {
         "generator": "raddino.data.synth",
         "anatomy_version": PREP_VERSION,
+        "render_version": RENDER_VERSION,
         "config": asdict(config),
         "source": {
             "ct": str(source.ct),

@@ -15,6 +15,12 @@ from raddino.data.synth.deform import Pose, SkinMap, to_patient
 from raddino.data.synth.findings import Tube
 from raddino.data.synth.rays import Projection
 
+STRIPE_MM = 0.6
+"""Half-width (1/e) of a chest tube's radio-opaque stripe."""
+_THIRDS = (-1 / 3, 0.0, 1 / 3)
+SUBPIXEL_OFFSETS = torch.tensor([(r, c) for r in _THIRDS for c in _THIRDS])
+"""Where each pixel is sampled (rows, columns; 3 x 3 over its area)."""
+
 
 def _segment_distance(
     pixels: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor
@@ -45,6 +51,24 @@ def project_tube(
     rows = torch.arange(int(low[0]), int(high[0]) + 1, dtype=torch.float32)
     cols = torch.arange(int(low[1]), int(high[1]) + 1, dtype=torch.float32)
     pixels = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
+    # the pixel's area, not its centre: a line thinner than a pixel would otherwise alias into
+    # dashes wherever it passes between pixel centres
+    integral = torch.zeros(len(pixels))
+    covered = torch.zeros(len(pixels), dtype=torch.bool)
+    for offset in SUBPIXEL_OFFSETS:
+        d_mm = axis_distance(pixels + offset, rowcol, scale)
+        integral += tube_profile(tube, d_mm) / len(SUBPIXEL_OFFSETS)
+        covered |= d_mm < tube.outer_mm
+    shape = (len(rows), len(cols))
+    region = (slice(int(low[0]), int(high[0]) + 1), slice(int(low[1]), int(high[1]) + 1))
+    line[region] = integral.reshape(shape)
+    mask[region] = covered.reshape(shape)
+    return line, mask
+
+
+def axis_distance(pixels: torch.Tensor, rowcol: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Distance (P,) in patient mm from pixels (P, 2) to the projected axis ``rowcol`` (K, 2),
+    whose magnification is ``scale`` (K,) pixels per mm."""
     best = torch.full((len(pixels),), float("inf"))
     best_scale = torch.ones(len(pixels))
     for start in range(0, len(rowcol) - 1, 64):
@@ -57,15 +81,15 @@ def project_tube(
         closer = d < best
         best = torch.where(closer, d, best)
         best_scale = torch.where(closer, s, best_scale)
-    d_mm = best / best_scale  # distance from the axis in the patient, mm
+    return best / best_scale
+
+
+def tube_profile(tube: Tube, d_mm: torch.Tensor) -> torch.Tensor:
+    """Line integral through the tube's annular wall (and radio-opaque stripe) at distance
+    ``d_mm`` from its axis."""
     outer, inner = tube.outer_mm, tube.inner_mm
     chord = 2.0 * (
         (outer**2 - d_mm.square()).clamp(min=0.0).sqrt()
         - (inner**2 - d_mm.square()).clamp(min=0.0).sqrt()
     )
-    integral = tube.wall_mu * chord + tube.stripe * torch.exp(-(d_mm / 0.6).square())
-    shape = (len(rows), len(cols))
-    region = (slice(int(low[0]), int(high[0]) + 1), slice(int(low[1]), int(high[1]) + 1))
-    line[region] = integral.reshape(shape)
-    mask[region] = (d_mm < outer).reshape(shape)
-    return line, mask
+    return tube.wall_mu * chord + tube.stripe * torch.exp(-(d_mm / STRIPE_MM).square())

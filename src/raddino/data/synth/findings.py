@@ -2,9 +2,9 @@
 
 Every finding lives in the source-anatomy frame (mm, x toward the patient's left, y toward the
 back, z toward the feet), so the patient's deformation carries it along. Sizes and contrasts are
-chosen to be visible at 128-224 px, the resolution of the demo: nodules 15-30 mm (masses 30-60 mm)
-of soft tissue in aerated lung, effusions from a blunted costophrenic angle to half a hemithorax,
-pneumothoraces from a 10% to a 50% collapse, lobar consolidations 6-12 cm across.
+chosen to be visible at 128-224 px, the resolution of the demo: nodules 20-35 mm (masses 35-60 mm) of soft tissue in aerated
+lung, effusions from a blunted costophrenic angle to half a hemithorax, pneumothoraces from a 10%
+to a 50% collapse, dense lobar consolidations 8-14 cm across, radio-opaque tubes and lines.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def sample_nodule(anatomy: Anatomy, rng: np.random.Generator) -> Nodule:
     """A nodule (or, one time in four, a mass) fully inside aerated lung, projecting off the
     heart, great vessels and spine (up to 200 tries, then the last candidate)."""
     mass = rng.random() < 0.25
-    radius = rng.uniform(15.0, 30.0) if mass else rng.uniform(7.5, 15.0)
+    radius = rng.uniform(17.5, 30.0) if mass else rng.uniform(10.0, 17.5)
     labels = anatomy.labels
     lungs = np.isin(labels, st.LUNG_LEFT + st.LUNG_RIGHT)
     candidates = np.argwhere(lungs)
@@ -163,7 +163,7 @@ def sample_nodule(anatomy: Anatomy, rng: np.random.Generator) -> Nodule:
     return Nodule(
         centre=tuple(centre.tolist()),
         radius_mm=float(radius),
-        hu=float(rng.uniform(10.0, 60.0)),
+        hu=float(rng.uniform(20.0, 80.0)),
         lobe=lobe,
         lobulation=np.concatenate([directions, amplitudes], axis=1),
     )
@@ -179,8 +179,8 @@ def sample_consolidation(anatomy: Anatomy, rng: np.random.Generator) -> Consolid
     return Consolidation(
         lobe=lobe,
         centre=tuple(centre.tolist()),
-        radius_mm=float(rng.uniform(30.0, 60.0)),
-        density=float(rng.uniform(0.7, 1.0)),
+        radius_mm=float(rng.uniform(40.0, 70.0)),
+        density=float(rng.uniform(0.85, 1.0)),
     )
 
 
@@ -232,7 +232,7 @@ def sample_chest_tube(anatomy: Anatomy, side: str, rng: np.random.Generator) -> 
         outer_mm=float(outer),
         inner_mm=float(outer - rng.uniform(0.9, 1.4)),
         wall_mu=float(rng.uniform(1.3, 1.8) * 0.0206),
-        stripe=float(rng.uniform(0.35, 0.6)),
+        stripe=float(rng.uniform(0.8, 1.2)),
     )
 
 
@@ -260,7 +260,7 @@ def sample_central_line(anatomy: Anatomy, rng: np.random.Generator) -> Tube:
         path=catmull_rom(np.stack(controls)),
         outer_mm=float(radius),
         inner_mm=0.0,
-        wall_mu=float(rng.uniform(0.08, 0.14)),
+        wall_mu=float(rng.uniform(0.2, 0.3)),
         stripe=0.0,
     )
 
