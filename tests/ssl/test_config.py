@@ -53,3 +53,19 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config
+
+
+def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively() -> None:
+    import torch
+
+    from raddino.models.modes import probe_hardware
+    from raddino.ssl.trainer import resolve_precision
+
+    assert load_config(None, ["train.precision=auto"]).train.precision == "auto"
+    cpu = torch.device("cpu")
+    expected = "bf16" if probe_hardware(cpu).bf16 else "fp32"
+    assert resolve_precision("auto", cpu) == expected
+    for fixed in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(fixed, cpu) == fixed
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(None, ["train.precision=fp8"])

@@ -122,19 +122,30 @@ class Demo:
         """The encoders compared: trained first (the reference), ablation, random baseline."""
         from raddino.eval.encoders import EncoderSpec
 
-        ssl = EncoderSpec(str(self.paths.run("ssl")), name=LABEL_SSL)
+        size = self.eval_size()
+        ssl = EncoderSpec(str(self.paths.run("ssl")), image_size=size, name=LABEL_SSL)
         specs = [ssl]
         if self.options.ablation:
-            specs.append(EncoderSpec(str(self.paths.run("no_ibot")), name=LABEL_NO_IBOT))
+            run = str(self.paths.run("no_ibot"))
+            specs.append(EncoderSpec(run, image_size=size, name=LABEL_NO_IBOT))
         specs.append(self.random_spec())
         return specs
+
+    def eval_size(self) -> int:
+        """Every encoder is evaluated at the cohort's own resolution (rounded down to whole
+        patches), not at the smaller crops it was pre-trained on: small findings need the
+        pixels, and a ViT takes any grid (interpolated position embeddings)."""
+        patch = self.configs["pretrain"].model.patch_size
+        return max(patch, self.sizes.size // patch * patch)
 
     def random_spec(self) -> EncoderSpec:
         """A random-initialised encoder of the trained one's architecture (as ``compare
         --random-baseline`` builds it)."""
         from raddino.eval.encoders import EncoderSpec
 
-        spec = EncoderSpec(str(self.paths.run("ssl")), seed=self.options.seed)
+        spec = EncoderSpec(
+            str(self.paths.run("ssl")), seed=self.options.seed, image_size=self.eval_size()
+        )
         return replace(spec.as_random(), name=LABEL_RANDOM)
 
     def encode_options(self) -> EncodeOptions:
@@ -227,6 +238,7 @@ class Demo:
                     "seg_epochs": s.seg_epochs,
                     "structures": list(STRUCTURES),
                     "features": "cls+mean",
+                    "image_size": self.eval_size(),
                 },
                 needs=evaluate_needs,
                 estimate=self.estimate_evaluate,
@@ -234,7 +246,7 @@ class Demo:
             Stage(
                 "reports",
                 self.run_reports,
-                {"sizes": self.report_inputs(), "seed": o.seed},
+                {"sizes": self.report_inputs(), "seed": o.seed, "image_size": self.eval_size()},
                 needs=("cohort", "pretrain"),
                 enabled=reports_on,
                 reason=reason,

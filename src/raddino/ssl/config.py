@@ -117,7 +117,7 @@ class TrainSection:
     batch_size: int = 64  # per process
     num_workers: int = 2
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only, with a gradient scaler)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, gradient scaler) | auto
     device: str = "auto"  # auto | cpu | cuda
     strategy: str = "ddp"  # ddp | fsdp (multi-process only)
     checkpoint_every: int = 100
@@ -160,7 +160,7 @@ _CHOICES = {
     "model.arch": ("tiny", "small", "base", "large", "giant"),
     "loss.centering": ("softmax", "sinkhorn_knopp"),
     "optim.lr_scaling": ("sqrt", "linear", "none"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("fp32", "bf16", "fp16", "auto"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.strategy": ("ddp", "fsdp"),
 }

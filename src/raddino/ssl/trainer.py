@@ -152,6 +152,16 @@ def step_masks(
     return masks[rows + [g + r for r in rows]]
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the device computes it natively (CUDA with bf16, CPUs with
+    AVX512-BF16 or AMX), else fp32; other values are returned unchanged."""
+    if precision != "auto":
+        return precision
+    from raddino.models.modes import probe_hardware
+
+    return "bf16" if probe_hardware(device).bf16 else "fp32"
+
+
 def autocast_context(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -200,7 +210,8 @@ def pretrain(
     run_dir = Path(out_dir)
     env = distributed.init_distributed(config.train.device)
     train = config.train
-    if train.precision == "fp16" and env.device.type != "cuda":
+    precision = resolve_precision(train.precision, env.device)
+    if precision == "fp16" and env.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
     paths = collect_inputs(data)
 
@@ -225,7 +236,7 @@ def pretrain(
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
         student = DistributedDataParallel(meta.student, device_ids=device_ids)
     optimizer = build_optimizer(meta.student, config.optim)
-    scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     start_step = 0
     if existing is not None:
@@ -251,7 +262,8 @@ def pretrain(
             f"pre-training {len(paths)} images, {env.world_size} process(es) x batch "
             f"{train.batch_size} = global batch {global_batch}, lr {lr:.3g} "
             f"({config.optim.lr_scaling} scaling of {config.optim.base_lr:g} per 1024), "
-            f"steps {start_step} -> {train.steps}, device {env.device}, {train.precision}",
+            f"steps {start_step} -> {train.steps}, device {env.device}, {precision}"
+            + (" (auto)" if train.precision == "auto" else ""),
             file=sys.stderr,
         )
     distributed.barrier()
@@ -298,7 +310,7 @@ def pretrain(
             )
             grid = globals_.shape[-1] // config.model.patch_size
             masks = step_masks(config, step, grid, env).to(env.device)
-            with autocast_context(train.precision, env.device):
+            with autocast_context(precision, env.device):
                 out = meta(globals_, locals_, masks, values.teacher_temp, student=student)
             if distributed.any_process(not torch.isfinite(out.total).item(), env.device):
                 parts = {k: f"{v.item():.4g}" for k, v in out.log_values().items()}

@@ -2,9 +2,10 @@
 
 Every finding lives in the source-anatomy frame (mm, x toward the patient's left, y toward the
 back, z toward the feet), so the patient's deformation carries it along. Sizes and contrasts are
-chosen to be visible at 128-224 px, the resolution of the demo: nodules 20-35 mm (masses 35-60 mm) of soft tissue in aerated
-lung, effusions from a blunted costophrenic angle to half a hemithorax, pneumothoraces from a 10%
-to a 50% collapse, dense lobar consolidations 8-14 cm across, radio-opaque tubes and lines.
+chosen to be visible at 128-224 px, the resolution of the demo: nodules 20-35 mm (masses 35-60
+mm) of soft tissue in aerated lung, effusions from a blunted costophrenic angle to half a
+hemithorax, pneumothoraces from a 10% to a 50% collapse, dense lobar consolidations 8-14 cm
+across, radio-opaque tubes and lines.
 """
 
 from __future__ import annotations
