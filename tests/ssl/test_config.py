@@ -67,5 +67,5 @@ def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively() 
     assert resolve_precision("auto", cpu) == expected
     for fixed in ("fp32", "bf16", "fp16"):
         assert resolve_precision(fixed, cpu) == fixed
-    with pytest.raises(ConfigError, match="train.precision"):
+    with pytest.raises(ConfigError, match=r"train\.precision"):
         load_config(None, ["train.precision=fp8"])
