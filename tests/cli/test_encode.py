@@ -302,6 +302,13 @@ def test_help_mentions_the_library_compile_threshold():
     assert encode_cli.COMPILE_MIN_IMAGES == COMPILE_MIN_IMAGES
 
 
+def test_dtype_choices_of_the_cli_are_the_librarys():
+    from raddino.cli import encode as encode_cli
+    from raddino.models.modes import DTYPE_NAMES
+
+    assert set(encode_cli.DTYPE_CHOICES) == {"auto", *DTYPE_NAMES}
+
+
 def test_check_device_resolves_auto_and_names_a_missing_gpu():
     from raddino.features.encode import check_device
 

@@ -55,17 +55,21 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert load_config(path) == config
 
 
-def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively() -> None:
+def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import torch
 
-    from raddino.models.modes import probe_hardware
+    from raddino.models import modes
     from raddino.ssl.trainer import resolve_precision
 
     assert load_config(None, ["train.precision=auto"]).train.precision == "auto"
     cpu = torch.device("cpu")
-    expected = "bf16" if probe_hardware(cpu).bf16 else "fp32"
-    assert resolve_precision("auto", cpu) == expected
-    for fixed in ("fp32", "bf16", "fp16"):
-        assert resolve_precision(fixed, cpu) == fixed
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        fake = modes.Hardware("cpu", "fake CPU", native, False, False, False)
+        monkeypatch.setattr(modes, "probe_hardware", lambda device, fake=fake: fake)
+        assert resolve_precision("auto", cpu) == expected
+        for fixed in ("fp32", "bf16", "fp16"):
+            assert resolve_precision(fixed, cpu) == fixed
     with pytest.raises(ConfigError, match=r"train\.precision"):
         load_config(None, ["train.precision=fp8"])

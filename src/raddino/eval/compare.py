@@ -17,7 +17,7 @@ import numpy as np
 
 from raddino.eval.bootstrap import Estimate, percentile_interval
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.features import check_device, encode_for_eval, pooled_request
+from raddino.eval.features import encode_for_eval, pooled_request
 from raddino.eval.probe import ProbeConfig
 from raddino.eval.probe_report import ProbeReport, load_probe_inputs, probe_encoded
 from raddino.eval.probe_report import write_probe_report as _write_probe
@@ -39,7 +39,7 @@ from raddino.eval.tables import (
     write_text,
 )
 from raddino.eval.targets import TargetKind
-from raddino.features.encode import EncodeOptions
+from raddino.features.encode import EncodeOptions, check_device
 
 
 @dataclass

@@ -20,13 +20,7 @@ import numpy as np
 import torch
 
 from raddino.eval.encoders import EncoderSpec
-from raddino.features.encode import (
-    EncodeOptions,
-    PatchMode,
-    encode_to_store,
-    resolve_dtype,
-)
-from raddino.features.encode import check_device as check_device  # evaluation modules use it
+from raddino.features.encode import EncodeOptions, PatchMode, encode_to_store, resolve_dtype
 from raddino.features.store import Features, load_features
 from raddino.models.encoder import RadDino
 

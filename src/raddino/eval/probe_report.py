@@ -14,7 +14,6 @@ from raddino.data.manifest import read_manifest
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.features import (
     EncodedRows,
-    check_device,
     encode_for_eval,
     pooled_features,
     pooled_request,
@@ -32,7 +31,7 @@ from raddino.eval.tables import (
     write_text,
 )
 from raddino.eval.targets import Target, TargetKind, read_targets
-from raddino.features.encode import EncodeOptions
+from raddino.features.encode import EncodeOptions, check_device
 
 
 @dataclass

@@ -16,7 +16,7 @@ from raddino.data.manifest import read_manifest
 from raddino.data.preprocess import PreprocessConfig
 from raddino.eval.bootstrap import Estimate, PatientBootstrap, mean_of
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.features import EncodedRows, FeatureRequest, check_device, encode_for_eval
+from raddino.eval.features import EncodedRows, FeatureRequest, encode_for_eval
 from raddino.eval.heads import build_head, linear_blocks, upernet_blocks
 from raddino.eval.metrics import weighted_mean
 from raddino.eval.overlays import legend, save_overlay
@@ -31,7 +31,7 @@ from raddino.eval.tables import (
     write_text,
 )
 from raddino.eval.targets import UNKNOWN
-from raddino.features.encode import EncodeOptions
+from raddino.features.encode import EncodeOptions, check_device
 from raddino.models.encoder import RadDino
 
 
