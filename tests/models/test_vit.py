@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raddino.models.vit import VisionTransformer, ViTConfig, vit_config
+from raddino.models import vit
+from raddino.models.vit import (
+    Attention,
+    VisionTransformer,
+    ViTConfig,
+    prefers_matmul_attention,
+    vit_config,
+)
 
 
 def tiny(**overrides) -> VisionTransformer:
@@ -145,3 +152,27 @@ def test_inference_fast_path_equals_the_autograd_path(ffn):
         without = model(images, layers=[0, 1])
     assert torch.allclose(with_grad.cls, without.cls, atol=1e-6)
     assert torch.allclose(with_grad.layers[0], without.layers[0], atol=1e-6)
+
+
+def test_cpu_training_in_bf16_takes_the_matmul_attention_and_matches_fp32_sdpa(monkeypatch):
+    torch.manual_seed(0)
+    attention = Attention(dim=64, num_heads=2, qkv_bias=True)
+    x = torch.randn(3, 17, 64, requires_grad=True)
+    reference = attention(x)  # fp32: the fused SDPA kernel
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), x)
+    q_bf16 = torch.zeros(1, dtype=torch.bfloat16, requires_grad=True)
+    assert prefers_matmul_attention(q_bf16)
+    assert not prefers_matmul_attention(q_bf16.detach())  # inference keeps SDPA
+    assert not prefers_matmul_attention(torch.zeros(1, requires_grad=True))  # fp32 keeps SDPA
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fused kernel was called")
+
+    monkeypatch.setattr(vit.F, "scaled_dot_product_attention", refuse)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attention(x)
+    (grad_low,) = torch.autograd.grad(low.float().square().sum(), x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, atol=3e-2, rtol=3e-2)
+    cosine = torch.nn.functional.cosine_similarity(grad_low.flatten(), grad_reference.flatten(), 0)
+    assert cosine > 0.999
