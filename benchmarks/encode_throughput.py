@@ -289,8 +289,7 @@ def main() -> None:
     fast_dtype = choose_dtype("auto", hardware)
     fast_compile = choose_compile("auto", hardware, fast_dtype.value, 10_000)
     autocast_dtype = torch.bfloat16 if device.type == "cpu" or hardware.bf16 else torch.float16
-    peak_dtype = torch.bfloat16 if autocast_dtype == torch.bfloat16 else torch.float16
-    low = short_name(peak_dtype)
+    low = short_name(autocast_dtype)
     print(
         f"torch {torch.__version__}, {hardware.name}, native bf16: {hardware.bf16}, "
         f"C++ compiler: {hardware.compiler}, {threads} threads; load average {load_average()}"
@@ -362,7 +361,7 @@ def main() -> None:
 
         candidates = {
             "transformers fp32": run_transformers,
-            f"transformers {short_name(autocast_dtype)} autocast": run_transformers_autocast,
+            f"transformers {low} autocast": run_transformers_autocast,
             "raddino fp32": run_raddino,
             fast_name: run_fast,
         }
@@ -383,7 +382,7 @@ def main() -> None:
                 run_batch(pixels[: args.batch_size])
 
         rates: dict[str, list[float]] = {name: [] for name in candidates}
-        peaks: dict[torch.dtype, list[float]] = {torch.float32: [], peak_dtype: []}
+        peaks: dict[torch.dtype, list[float]] = {torch.float32: [], autocast_dtype: []}
         repeats = 3 if device.type == "cpu" else 30
         rows = args.batch_size * 1370
         for round_index in range(args.rounds):
@@ -401,25 +400,25 @@ def main() -> None:
         peak = {dtype: statistics.median(values) for dtype, values in peaks.items()}
 
         theirs = median["transformers fp32"]
-        theirs_low = median[f"transformers {short_name(autocast_dtype)} autocast"]
+        theirs_low = median[f"transformers {low} autocast"]
         print(f"\nmodel only, img/s (median; {flops / 1e9:.0f} GFLOP per image):")
         for name, rate in median.items():
             print(
                 f"  {name:28s} {rate:6.3f} img/s  {rate * flops / 1e9:6.1f} GFLOP/s   "
                 f"{rate / theirs:5.2f}x transformers fp32   "
-                f"{rate / theirs_low:5.2f}x transformers {short_name(autocast_dtype)} autocast"
+                f"{rate / theirs_low:5.2f}x transformers {low} autocast"
             )
         print(
             f"matmul peak (best of F.linear at the ViT's MLP shapes with {rows} rows and a 2048^3 "
             f"matmul, measured in each round, median): fp32 {peak[torch.float32] / 1e9:.0f} "
-            f"GFLOP/s, {low} {peak[peak_dtype] / 1e9:.0f} GFLOP/s "
-            f"(max {max(peaks[peak_dtype]) / 1e9:.0f})"
+            f"GFLOP/s, {low} {peak[autocast_dtype] / 1e9:.0f} GFLOP/s "
+            f"(max {max(peaks[autocast_dtype]) / 1e9:.0f})"
         )
         fast_rate = median[fast_name]
         print(
-            f"fast path: {fast_rate * flops / peak[peak_dtype]:.0%} of the {low} matmul peak "
-            f"({fast_rate * flops / max(peaks[peak_dtype]):.0%} of its max); {low} ceiling "
-            f"{peak[peak_dtype] / flops:.2f} img/s"
+            f"fast path: {fast_rate * flops / peak[autocast_dtype]:.0%} of the {low} matmul peak "
+            f"({fast_rate * flops / max(peaks[autocast_dtype]):.0%} of its max); {low} ceiling "
+            f"{peak[autocast_dtype] / flops:.2f} img/s"
         )
         cls_cos, patch_cos = cosine_report(fast_out, fp32_out)
         print(

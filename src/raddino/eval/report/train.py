@@ -102,7 +102,7 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
     """Compute precision: ``auto`` = bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU."""
-    return resolve_dtype("auto" if config.precision == "auto" else config.precision, device)
+    return resolve_dtype(config.precision, device)
 
 
 def apply_stage(model: ReportModel, config: TrainConfig) -> ReportModel:
