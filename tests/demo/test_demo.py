@@ -100,7 +100,13 @@ def test_report_has_every_section_table_and_figure(demo_dir: Path):
     assert "Δ raddino-ssl - random-init" in text and "Δ raddino-ssl - raddino-no-ibot" in text
     for row in ("| nodule | AUROC |", "| age | MAE |", "| sex | AUROC |", "| heart | Dice |"):
         assert row in text, row
-    figures = json.loads((demo_dir / "figures" / "figures.json").read_text())["figures"]
+    listing = json.loads((demo_dir / "figures" / "figures.json").read_text())
+    figures = listing["figures"]
+    scores = listing["correspondence"]  # Figure 2 over all pairs of test images with nodules
+    assert set(scores) == {"raddino-ssl", "random-init"}
+    for score in scores.values():
+        assert score["pairs"] >= 2 and 0 <= score["hit_rate"] <= 1 and 0 < score["chance"] < 1
+    assert f"Figure 2 over all {scores['random-init']['pairs']} ordered pairs" in text
     keys = {f["key"] for f in figures}
     assert {"loss_curves", "similarity_raddino-ssl", "similarity_random-init"} <= keys
     assert {"pca_raddino-ssl", "pca_random-init"} <= keys

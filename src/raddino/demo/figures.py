@@ -53,6 +53,24 @@ def similarity_images(manifest: Path) -> tuple[str, tuple[float, float], list[st
     return None
 
 
+def correspondence_inputs(manifest: Path) -> tuple[list[str], list[str], list[list[str]]]:
+    """Test images with a nodule: (images, nodule masks, [left, right lung masks]) as paths."""
+    rows = [
+        r
+        for r in read_manifest(manifest)
+        if r.get("split") == "test" and r.get("nodule") == "1" and r.get("mask_nodule")
+    ]
+
+    def path(row: dict[str, str], key: str) -> str:
+        return str(manifest.parent / row[key])
+
+    return (
+        [path(r, "path") for r in rows],
+        [path(r, "mask_nodule") for r in rows],
+        [[path(r, "mask_left_lung"), path(r, "mask_right_lung")] for r in rows],
+    )
+
+
 def _viz_missing(error: ImportError, what: str) -> str:
     return f"{what} skipped: raddino.viz is not available ({error})"
 
@@ -69,6 +87,7 @@ def make_figures(
     out.mkdir(parents=True, exist_ok=True)
     figures: list[dict[str, str]] = []
     notes: list[str] = []
+    correspondence: dict[str, dict] = {}
 
     def add(key: str, png: Path, caption: str) -> None:
         figures.append({"key": key, "path": str(png.relative_to(paths.root)), "caption": caption})
@@ -104,6 +123,7 @@ def make_figures(
                     f"{Path(query).name} (x={point[0]:.0f}, y={point[1]:.0f} px) to the patches "
                     f"of {len(targets)} other images with nodules (the paper's Figure 2).",
                 )
+            correspondence = _nodule_correspondence(paths.manifest, models)
 
     try:
         from raddino.viz.pca import pca_rgb, save_pca_figure
@@ -136,4 +156,17 @@ def make_figures(
                 f"{label}: linear-head segmentation of {png.stem.split('_', 1)[-1]} "
                 f"(filled: prediction, outline: truth; {legend(list(STRUCTURES))}).",
             )
-    return {"figures": figures, "notes": notes, "seed": seed}
+    return {"figures": figures, "notes": notes, "seed": seed, "correspondence": correspondence}
+
+
+def _nodule_correspondence(manifest: Path, models: dict) -> dict[str, dict]:
+    """Figure 2 over every pair of test images with nodules, per encoder (empty: too few)."""
+    from raddino.viz.correspondence import structure_correspondence
+
+    images, nodules, lungs = correspondence_inputs(manifest)
+    if len(images) < 2:
+        return {}
+    return {
+        label: structure_correspondence(model, images, nodules, lungs).as_dict()
+        for label, model in models.items()
+    }

@@ -232,12 +232,36 @@ def evaluation_blocks(summary: dict) -> list[Block]:
 def figure_blocks(paths: DemoPaths) -> list[Block]:
     listing = read_json(paths.figures / "figures.json") or {"figures": [], "notes": []}
     blocks = [Block("h2", "Figures")]
+    correspondence = correspondence_sentence(listing.get("correspondence") or {})
+    after_figure_2 = len(blocks)
     for figure in listing["figures"]:
         if (paths.root / figure["path"]).is_file():
             blocks.append(Block("figure", figure["caption"], path=figure["path"]))
+            if figure["key"].startswith("similarity_"):
+                after_figure_2 = len(blocks)
+    if correspondence:
+        blocks.insert(after_figure_2, Block("p", correspondence))
     if listing.get("notes"):
         blocks.append(Block("list", items=list(listing["notes"])))
     return blocks
+
+
+def correspondence_sentence(scores: dict[str, dict]) -> str:
+    """Figure 2 as numbers (``raddino.viz.correspondence``), one clause per encoder."""
+    scores = {label: s for label, s in scores.items() if s.get("pairs")}
+    if not scores:
+        return ""
+    first = next(iter(scores.values()))
+    hits = ", ".join(f"{100 * s['hit_rate']:.1f}% for {label}" for label, s in scores.items())
+    hits = hits.replace("% for", "% of pairs for", 1)
+    ranks = ", ".join(f"{s['auroc']:.3f} for {label}" for label, s in scores.items())
+    return (
+        f"Figure 2 over all {first['pairs']} ordered pairs of test images with nodules (query: "
+        "the patch most covered by the query's nodule): the other image's most similar lung or "
+        f"nodule patch lies on its nodule in {hits} (chance {100 * first['chance']:.1f}%); its "
+        f"nodule patches rank above its other lung patches with AUROC {ranks}. The pairs share "
+        "images, so no interval is given."
+    )
 
 
 def report_generation_blocks(paths: DemoPaths, skipped: str) -> list[Block]:

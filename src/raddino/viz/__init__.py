@@ -2,6 +2,8 @@
 
 * :mod:`raddino.viz.similarity`: the paper's Figure 2 (one query patch against every patch of
   other images);
+* :mod:`raddino.viz.correspondence`: Figure 2 as a number over many image pairs (how often the
+  best match lands on the same structure);
 * :mod:`raddino.viz.pca`: DINOv2's visualisation, the first three principal components of the
   patch tokens as RGB;
 * :mod:`raddino.viz.plots`: pre-training curves from ``metrics.jsonl``.
@@ -10,6 +12,11 @@ Figures are drawn with matplotlib's object API (no pyplot, no global backend) an
 atomically.
 """
 
+from raddino.viz.correspondence import (
+    Correspondence,
+    correspondence_from_tokens,
+    structure_correspondence,
+)
 from raddino.viz.pca import pca_rgb, pca_rgb_from_tokens, save_pca_figure, upsample_nearest
 from raddino.viz.plots import plot_training_curves, read_metrics_file
 from raddino.viz.similarity import (
@@ -20,7 +27,9 @@ from raddino.viz.similarity import (
 )
 
 __all__ = [
+    "Correspondence",
     "SimilarityMaps",
+    "correspondence_from_tokens",
     "patch_similarity",
     "pca_rgb",
     "pca_rgb_from_tokens",
@@ -29,5 +38,6 @@ __all__ = [
     "read_metrics_file",
     "save_pca_figure",
     "save_similarity_figure",
+    "structure_correspondence",
     "upsample_nearest",
 ]
