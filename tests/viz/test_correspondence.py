@@ -96,3 +96,6 @@ def test_a_model_finds_the_same_patch_in_other_images_end_to_end():
     assert result.chance == pytest.approx(1 / 16)
     with pytest.raises(ValueError, match="one of each per image"):
         structure_correspondence(model, images, masks[:2], lungs)
+    small = [*masks[:2], masks[2][:42]]  # the third mask is cut short
+    with pytest.raises(ValueError, match=r"structure mask 2: mask of 56x42 px .* 56x56 px"):
+        structure_correspondence(model, images, small, lungs)

@@ -88,9 +88,17 @@ def correspondence_from_tokens(
     )
 
 
-def _patch_cover(model: RadDino, mask: ImageLike, grid: tuple[int, int]) -> np.ndarray:
-    """A mask (nonzero = inside) -> (h, w) share of each patch of the model's view it covers."""
-    view, _ = model_view(model, mask)
+def _patch_cover(
+    model: RadDino, mask: ImageLike, grid: tuple[int, int], image_size: tuple[int, int], what: str
+) -> np.ndarray:
+    """A mask (nonzero = inside) of an image of ``image_size`` (height, width) -> (h, w) share
+    of each patch of the model's view it covers; ValueError naming ``what`` on a size mismatch."""
+    view, size = model_view(model, mask)
+    if size != image_size:
+        raise ValueError(
+            f"{what}: mask of {size[1]}x{size[0]} px for an image of "
+            f"{image_size[1]}x{image_size[0]} px (width x height); masks must match their image"
+        )
     inside = (view[:1].float() > 127).float()[None]  # the view is resized: threshold at half
     return F.adaptive_avg_pool2d(inside, grid)[0, 0].numpy()
 
@@ -113,16 +121,25 @@ def structure_correspondence(
         )
     if not images:
         return correspondence_from_tokens(torch.zeros(0, 0, 0, 1), *(np.zeros((0, 0, 0)),) * 2)
-    crops = [model_view(model, image)[0] for image in images]
-    tokens = encode_patches(model, crops, batch_size=batch_size)
+    views = [model_view(model, image) for image in images]
+    tokens = encode_patches(model, [crop for crop, _ in views], batch_size=batch_size)
     if len({t.shape for t in tokens}) > 1:
         raise ValueError("images must all give the same patch grid (same size after resize)")
     grid = (int(tokens[0].shape[0]), int(tokens[0].shape[1]))
-    structure = np.stack([_patch_cover(model, m, grid) for m in structure_masks])
+    structure = np.stack(
+        [
+            _patch_cover(model, mask, grid, size, f"structure mask {i}")
+            for i, (mask, (_, size)) in enumerate(zip(structure_masks, views, strict=True))
+        ]
+    )
     region = np.stack(
         [
-            np.max([_patch_cover(model, m, grid) for m in masks], axis=0) >= 0.5
-            for masks in region_masks
+            np.max(
+                [_patch_cover(model, m, grid, size, f"region mask of image {i}") for m in masks],
+                axis=0,
+            )
+            >= 0.5
+            for i, (masks, (_, size)) in enumerate(zip(region_masks, views, strict=True))
         ]
     )
     return correspondence_from_tokens(torch.stack(tokens), structure, region)
