@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from raddino.data.manifest import read_manifest
+from raddino.data.manifest import read_manifest, resolve_manifest_path
 from raddino.demo.options import LABEL_RANDOM, STRUCTURES, DemoPaths
 from raddino.eval.compare import encoder_dir_name
 from raddino.eval.encoders import EncoderSpec
@@ -43,7 +43,7 @@ def similarity_images(manifest: Path) -> tuple[str, tuple[float, float], list[st
     nodules = [r for r in rows if r.get("nodule") == "1" and r.get("mask_nodule")]
     nodules.sort(key=lambda r: order.get(r.get("split", ""), 3))
     for i, row in enumerate(nodules):
-        point = nodule_centroid(str(manifest.parent / row["mask_nodule"]))
+        point = nodule_centroid(resolve_manifest_path(manifest, row["mask_nodule"]))
         if point is None:
             continue
         targets = [r["path"] for r in nodules[:i] + nodules[i + 1 :]][:N_TARGETS]
@@ -61,13 +61,13 @@ def correspondence_inputs(manifest: Path) -> tuple[list[str], list[str], list[li
         if r.get("split") == "test" and r.get("nodule") == "1" and r.get("mask_nodule")
     ]
 
-    def path(row: dict[str, str], key: str) -> str:
-        return str(manifest.parent / row[key])
+    def mask(row: dict[str, str], key: str) -> str:
+        return resolve_manifest_path(manifest, row[key])  # read_manifest resolved "path" only
 
     return (
-        [path(r, "path") for r in rows],
-        [path(r, "mask_nodule") for r in rows],
-        [[path(r, "mask_left_lung"), path(r, "mask_right_lung")] for r in rows],
+        [r["path"] for r in rows],
+        [mask(r, "mask_nodule") for r in rows],
+        [[mask(r, "mask_left_lung"), mask(r, "mask_right_lung")] for r in rows],
     )
 
 
