@@ -252,8 +252,10 @@ def correspondence_sentence(scores: dict[str, dict]) -> str:
     if not scores:
         return ""
     first = next(iter(scores.values()))
-    hits = ", ".join(f"{100 * s['hit_rate']:.1f}% for {label}" for label, s in scores.items())
-    hits = hits.replace("% for", "% of pairs for", 1)
+    hits = ", ".join(
+        f"{100 * s['hit_rate']:.1f}%{' of pairs' if i == 0 else ''} for {label}"
+        for i, (label, s) in enumerate(scores.items())
+    )
     ranks = ", ".join(f"{s['auroc']:.3f} for {label}" for label, s in scores.items())
     return (
         f"Figure 2 over all {first['pairs']} ordered pairs of test images with nodules (query: "

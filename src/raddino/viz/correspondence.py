@@ -91,8 +91,8 @@ def correspondence_from_tokens(
 def _patch_cover(
     model: RadDino, mask: ImageLike, grid: tuple[int, int], image_size: tuple[int, int], what: str
 ) -> np.ndarray:
-    """A mask (nonzero = inside) of an image of ``image_size`` (height, width) -> (h, w) share
-    of each patch of the model's view it covers; ValueError naming ``what`` on a size mismatch."""
+    """A 0/255 mask of an image of ``image_size`` (height, width) -> (h, w) share of each patch
+    of the model's view it covers; ValueError naming ``what`` on a size mismatch."""
     view, size = model_view(model, mask)
     if size != image_size:
         raise ValueError(
