@@ -94,6 +94,15 @@ def test_a_model_finds_the_same_patch_in_other_images_end_to_end():
     assert result.pairs == 6
     assert result.auroc == 1.0 and result.hit_rate == 1.0
     assert result.chance == pytest.approx(1 / 16)
+    # The region is the union of its masks: three strips that each cover under half of the
+    # patches of column 1 (x 14-27) still make the whole image.
+    strips = []
+    for start, stop in [(0, 19), (19, 23), (23, 56)]:
+        strip = np.zeros((56, 56), dtype=np.uint8)
+        strip[:, start:stop] = 255
+        strips.append(strip)
+    assert structure_correspondence(model, images, masks, [strips] * 3) == result
+    assert structure_correspondence(model, [], [], []).pairs == 0
     with pytest.raises(ValueError, match="one of each per image"):
         structure_correspondence(model, images, masks[:2], lungs)
     small = [*masks[:2], masks[2][:42]]  # the third mask is cut short

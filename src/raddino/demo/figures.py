@@ -10,6 +10,7 @@ up the nodules, a random one should not.
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,6 @@ def _nodule_correspondence(manifest: Path, models: dict) -> dict[str, dict]:
     if len(images) < 2:
         return {}
     return {
-        label: structure_correspondence(model, images, nodules, lungs).as_dict()
+        label: asdict(structure_correspondence(model, images, nodules, lungs))
         for label, model in models.items()
     }

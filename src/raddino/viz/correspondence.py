@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import nan
 
 import numpy as np
 import torch
@@ -41,13 +42,8 @@ class Correspondence:
     hit_rate: float
     chance: float
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            "pairs": self.pairs,
-            "auroc": self.auroc,
-            "hit_rate": self.hit_rate,
-            "chance": self.chance,
-        }
+
+NO_PAIRS = Correspondence(0, nan, nan, nan)
 
 
 def correspondence_from_tokens(
@@ -82,25 +78,34 @@ def correspondence_from_tokens(
             hits.append(bool(label[int(np.argmax(score[keep]))]))
             chances.append(float(label.mean()))
     if not aurocs:
-        return Correspondence(0, float("nan"), float("nan"), float("nan"))
+        return NO_PAIRS
     return Correspondence(
         len(aurocs), float(np.mean(aurocs)), float(np.mean(hits)), float(np.mean(chances))
     )
 
 
 def _patch_cover(
-    model: RadDino, mask: ImageLike, grid: tuple[int, int], image_size: tuple[int, int], what: str
+    model: RadDino,
+    masks: Sequence[ImageLike],
+    grid: tuple[int, int],
+    image_size: tuple[int, int],
+    what: str,
 ) -> np.ndarray:
-    """A 0/255 mask of an image of ``image_size`` (height, width) -> (h, w) share of each patch
-    of the model's view it covers; ValueError naming ``what`` on a size mismatch."""
-    view, size = model_view(model, mask)
-    if size != image_size:
-        raise ValueError(
-            f"{what}: mask of {size[1]}x{size[0]} px for an image of "
-            f"{image_size[1]}x{image_size[0]} px (width x height); masks must match their image"
-        )
-    inside = (view[:1].float() > 127).float()[None]  # the view is resized: threshold at half
-    return F.adaptive_avg_pool2d(inside, grid)[0, 0].numpy()
+    """0/255 masks of an image of ``image_size`` (height, width) -> (h, w) share of each patch
+    of the model's view that their union covers; ValueError naming ``what`` on a size mismatch."""
+    union = None
+    for mask in masks:
+        view, size = model_view(model, mask)
+        if size != image_size:
+            raise ValueError(
+                f"{what}: mask of {size[1]}x{size[0]} px for an image of "
+                f"{image_size[1]}x{image_size[0]} px (width x height); masks must match their image"
+            )
+        inside = view[0] > 127  # the view is resized: threshold at half
+        union = inside if union is None else union | inside
+    if union is None:
+        return np.zeros(grid, dtype=np.float32)
+    return F.adaptive_avg_pool2d(union.float()[None, None], grid)[0, 0].numpy()
 
 
 def structure_correspondence(
@@ -120,26 +125,23 @@ def structure_correspondence(
             f"{len(region_masks)} region lists: one of each per image"
         )
     if not images:
-        return correspondence_from_tokens(torch.zeros(0, 0, 0, 1), *(np.zeros((0, 0, 0)),) * 2)
+        return NO_PAIRS
     views = [model_view(model, image) for image in images]
     tokens = encode_patches(model, [crop for crop, _ in views], batch_size=batch_size)
     if len({t.shape for t in tokens}) > 1:
         raise ValueError("images must all give the same patch grid (same size after resize)")
     grid = (int(tokens[0].shape[0]), int(tokens[0].shape[1]))
+    sizes = [size for _, size in views]
     structure = np.stack(
         [
-            _patch_cover(model, mask, grid, size, f"structure mask {i}")
-            for i, (mask, (_, size)) in enumerate(zip(structure_masks, views, strict=True))
+            _patch_cover(model, [mask], grid, size, f"structure mask {i}")
+            for i, (mask, size) in enumerate(zip(structure_masks, sizes, strict=True))
         ]
     )
     region = np.stack(
         [
-            np.max(
-                [_patch_cover(model, m, grid, size, f"region mask of image {i}") for m in masks],
-                axis=0,
-            )
-            >= 0.5
-            for i, (masks, (_, size)) in enumerate(zip(region_masks, views, strict=True))
+            _patch_cover(model, masks, grid, size, f"region mask of image {i}") >= 0.5
+            for i, (masks, size) in enumerate(zip(region_masks, sizes, strict=True))
         ]
     )
     return correspondence_from_tokens(torch.stack(tokens), structure, region)
