@@ -49,9 +49,11 @@ FIELD_AT_PATIENT_MM = 340.0
 """Typical width of the image at the patient; sets the working grid's resolution for a size."""
 
 
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 """Raised whenever the same config and seed render different images (2: larger and denser
-nodules and consolidations, radio-opaque devices averaged over each pixel's area)."""
+nodules and consolidations, radio-opaque devices averaged over each pixel's area; 3: breasts
+and nodules with partial-volume margins that each ray crosses over one depth step, without the
+concentric rings that coarse depth sampling drew in their shadows)."""
 
 
 @dataclass(frozen=True)

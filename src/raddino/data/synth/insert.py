@@ -24,7 +24,7 @@ MU_FAT = 0.91 * MU_WATER
 MU_FLUID = 1.01 * MU_WATER
 MU_TISSUE = 1.04 * MU_WATER
 EDGE_MM = 1.5
-"""Partial-volume width of lesion boundaries."""
+"""Narrowest partial-volume width of a lesion boundary (see `ramp`)."""
 
 
 def isin(labels: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
@@ -50,10 +50,34 @@ def project_mask(rays: RaySamples, block: Block, member: torch.Tensor) -> torch.
     return out
 
 
+def ray_steps(rays: RaySamples, block: Block) -> torch.Tensor:
+    """(h, w, d, 3) source-mm vector from each sample of ``block`` to the next on its ray."""
+    points = rays.source_mm(block)
+    steps = points[:, :, 1:] - points[:, :, :-1]
+    return torch.cat([steps, steps[:, :, -1:]], dim=2)
+
+
+def ramp(distance: torch.Tensor, normal: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Fraction inside a boundary at signed ``distance`` (mm, positive inside; shape S) with
+    unit ``normal`` (S + (3,)), for samples ``step`` apart along their rays (S + (3,)).
+
+    The partial-volume ramp is `EDGE_MM` wide, or wider where that is needed for each ray to
+    cross it over exactly one step: ``|normal . step|``. A boundary crossed within less than
+    one step projects as terraces (the number of samples inside a sphere jumps from ray to
+    ray, and its shadow becomes concentric rings, which edge enhancement then sharpens); over
+    exactly one step, the ray's sum grows in proportion to where the boundary lies between two
+    samples. Where rays graze the boundary (its silhouette) the ramp stays `EDGE_MM` wide, so
+    the edge stays sharp on the image.
+    """
+    width = (normal * step).sum(-1).abs().clamp(min=EDGE_MM)
+    return (distance / width + 0.5).clamp(0.0, 1.0)
+
+
 def add_breasts(rays: RaySamples, breasts: tuple[Breast, ...]) -> None:
     """Fill the air in front of the chest within each breast: the front half of an ellipsoid
     whose upper half is 1.8 times taller, so the upper pole slopes into the chest wall and the
-    lower contour (the inframammary fold) is the sharp one."""
+    lower contour (the inframammary fold) is the sharp one. Surfaces have partial-volume
+    margins (`ramp`)."""
     for breast in breasts:
         rx, ry, rz = breast.radii
         cx, cy, cz = breast.centre
@@ -62,12 +86,19 @@ def add_breasts(rays: RaySamples, breasts: tuple[Breast, ...]) -> None:
             continue
         air = (rays.labels[block] == 0) & (rays.soft[block] < 0.3 * MU_WATER)
         q = rays.source_mm(block, air) - torch.tensor(breast.centre)
+        step = ray_steps(rays, block)[air]
         height = torch.where(q[:, 2] < 0, 1.8 * rz, rz)
-        inside = ((q[:, 0] / rx).square() + (q[:, 1] / ry).square() + (q[:, 2] / height).square()
-                  < 1.0) & (q[:, 1] < 0.0)  # fmt: skip
+        radii = torch.stack([torch.full_like(height, rx), torch.full_like(height, ry), height], -1)
+        level = (q / radii).norm(dim=-1).clamp(min=1e-6)  # 1 on the surface
+        gradient = q / radii.square() / level[:, None]
+        slope = gradient.norm(dim=-1).clamp(min=1e-9)
+        # signed distance to the surface, to first order: (1 - level) / |grad level|
+        inside = ramp((1.0 - level) / slope, gradient / slope[:, None], step)
+        front = ramp(-q[:, 1], torch.tensor([0.0, 1.0, 0.0]), step)  # the half toward y < 0
+        fraction = inside * front
         mu = MU_WATER * (1.0 + breast.hu / 1000.0)
         soft = rays.soft[block]
-        soft[air] = torch.where(inside, mu, soft[air])
+        soft[air] = torch.lerp(soft[air], torch.full_like(fraction, mu), fraction)
 
 
 LUNG, HEART = 2, 3
@@ -112,15 +143,17 @@ def _lobulated_radius(direction: torch.Tensor, nodule: Nodule) -> torch.Tensor:
 
 
 def insert_nodule(rays: RaySamples, nodule: Nodule) -> torch.Tensor:
-    """A lobulated soft-tissue nodule replacing aerated lung."""
-    reach = nodule.radius_mm * (1.0 + float(nodule.lobulation[:, 3].sum())) + EDGE_MM
-    block = rays.block_near(nodule.centre, reach)
+    """A lobulated soft-tissue nodule replacing aerated lung, with a partial-volume margin."""
+    depths = rays.projection.depths
+    reach = nodule.radius_mm * (1.0 + float(nodule.lobulation[:, 3].sum()))
+    block = rays.block_near(nodule.centre, reach + max(EDGE_MM, float(depths[1] - depths[0])))
     if block is None:
         return torch.zeros(rays.shape[:2], dtype=torch.bool)
     offset = rays.source_mm(block) - torch.tensor(nodule.centre)
     distance = offset.norm(dim=-1).clamp(min=1e-3)
-    radius = _lobulated_radius(offset / distance[..., None], nodule)
-    fraction = ((radius - distance) / EDGE_MM + 0.5).clamp(0.0, 1.0)
+    direction = offset / distance[..., None]
+    radius = _lobulated_radius(direction, nodule)
+    fraction = ramp(radius - distance, direction, ray_steps(rays, block))
     fraction = fraction * rays.occupancy(block, LUNG)
     mu = MU_WATER * (1.0 + nodule.hu / 1000.0)
     rays.soft[block] = torch.lerp(rays.soft[block], torch.full_like(fraction, mu), fraction)
