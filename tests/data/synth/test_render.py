@@ -243,6 +243,6 @@ def test_a_boundary_adds_up_to_the_depth_inside_wherever_it_falls_between_sample
     step = torch.tensor([0.0, spacing, 0.0], dtype=torch.float64).expand(21, 3)
     depth = torch.arange(-10, 11, dtype=torch.float64) * spacing  # sample positions on the ray
     for boundary in np.linspace(-spacing, spacing, 29):  # where the ray crosses the boundary
-        distance = (boundary - depth) * normal[1]  # signed distance to the plane, inside < 0
+        distance = (boundary - depth) * normal[1]  # signed distance, > 0 before the boundary
         inside = insert.ramp(distance, normal.expand(21, 3), step).sum() * spacing
         assert float(inside) == pytest.approx(boundary + 10.5 * spacing, abs=1e-9)
