@@ -50,9 +50,9 @@ def project_mask(rays: RaySamples, block: Block, member: torch.Tensor) -> torch.
     return out
 
 
-def ray_steps(rays: RaySamples, block: Block) -> torch.Tensor:
-    """(h, w, d, 3) source-mm vector from each sample of ``block`` to the next on its ray."""
-    points = rays.source_mm(block)
+def ray_steps(points: torch.Tensor) -> torch.Tensor:
+    """Samples (h, w, d, 3) along rays (source mm) -> (h, w, d, 3) vector from each to the next
+    on its ray (the last repeats the one before)."""
     steps = points[:, :, 1:] - points[:, :, :-1]
     return torch.cat([steps, steps[:, :, -1:]], dim=2)
 
@@ -85,8 +85,9 @@ def add_breasts(rays: RaySamples, breasts: tuple[Breast, ...]) -> None:
         if block is None:
             continue
         air = (rays.labels[block] == 0) & (rays.soft[block] < 0.3 * MU_WATER)
-        q = rays.source_mm(block, air) - torch.tensor(breast.centre)
-        step = ray_steps(rays, block)[air]
+        points = rays.source_mm(block)
+        q = points[air] - torch.tensor(breast.centre)
+        step = ray_steps(points)[air]
         height = torch.where(q[:, 2] < 0, 1.8 * rz, rz)
         radii = torch.stack([torch.full_like(height, rx), torch.full_like(height, ry), height], -1)
         level = (q / radii).norm(dim=-1).clamp(min=1e-6)  # 1 on the surface
@@ -149,11 +150,12 @@ def insert_nodule(rays: RaySamples, nodule: Nodule) -> torch.Tensor:
     block = rays.block_near(nodule.centre, reach + max(EDGE_MM, float(depths[1] - depths[0])))
     if block is None:
         return torch.zeros(rays.shape[:2], dtype=torch.bool)
-    offset = rays.source_mm(block) - torch.tensor(nodule.centre)
+    points = rays.source_mm(block)
+    offset = points - torch.tensor(nodule.centre)
     distance = offset.norm(dim=-1).clamp(min=1e-3)
     direction = offset / distance[..., None]
     radius = _lobulated_radius(direction, nodule)
-    fraction = ramp(radius - distance, direction, ray_steps(rays, block))
+    fraction = ramp(radius - distance, direction, ray_steps(points))
     fraction = fraction * rays.occupancy(block, LUNG)
     mu = MU_WATER * (1.0 + nodule.hu / 1000.0)
     rays.soft[block] = torch.lerp(rays.soft[block], torch.full_like(fraction, mu), fraction)
