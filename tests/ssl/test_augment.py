@@ -1,4 +1,4 @@
-"""Radiograph multi-crop: sizes, normalisation, no flips unless asked."""
+"""Radiograph multi-crop: sizes, normalisation, no flips unless asked, optional rotations."""
 
 from __future__ import annotations
 
@@ -54,3 +54,33 @@ def test_normalisation_matches_rad_dino_processor():
     )
     view = MultiCrop(plain).view(flat, 32, (0.5, 1.0), torch.Generator().manual_seed(0))
     assert torch.allclose(view, torch.full_like(view, (128 / 255 - 0.5307) / 0.2583), atol=1e-5)
+
+
+def bright_column_image() -> torch.Tensor:
+    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    image[..., 29:35] = 250  # a vertical bar through the centre
+    return image
+
+
+def column_profile_peak(view: torch.Tensor) -> float:
+    """Fraction of the bar's brightness left in the central columns of a (3, S, S) view."""
+    x = view[0] - view[0].min()
+    centre = x[:, x.shape[1] // 2 - 4 : x.shape[1] // 2 + 4]
+    return float(centre.sum() / x.sum())
+
+
+def test_rotation_zero_draws_nothing_and_rotation_tilts_each_view_on_its_own():
+    plain = CropSection(
+        global_size=32, global_scale=(1.0, 1.0), local_number=0, brightness=0, contrast=0,
+        gamma=(1, 1), blur_probability=0, noise_std=0,
+    )  # fmt: skip
+    image = bright_column_image()
+    upright = MultiCrop(plain)(image, torch.Generator().manual_seed(3), global_size=32)
+    assert all(column_profile_peak(v) > 0.9 for v in upright.globals_)
+    turned = CropSection(**{**plain.__dict__, "rotation_degrees": 45.0})
+    tilts = []
+    for seed in range(6):
+        out = MultiCrop(turned)(image, torch.Generator().manual_seed(seed), global_size=32)
+        tilts.extend(column_profile_peak(v) for v in out.globals_)
+        assert not torch.allclose(out.globals_[0], out.globals_[1])  # an angle for each view
+    assert min(tilts) < 0.6  # a tilted bar leaves the central columns

@@ -40,6 +40,8 @@ def test_overrides_are_typed():
         ("train.steps=ten", "train.steps"),
         ("masking.probability=1.5", "masking.probability"),
         ("crops.global_size=100", "crops.global_size"),
+        ("crops.rotation_degrees=-5", "crops.rotation_degrees"),
+        ("crops.rotation_degrees=120", "crops.rotation_degrees"),
         ("nonsense", "key=value"),
     ],
 )

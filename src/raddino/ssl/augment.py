@@ -7,6 +7,8 @@ Why these choices (DINOv2 was designed for colour photographs):
   intensities mean tissue density; inverting bright/dark (solarisation) makes no anatomy.
 * Mild brightness, contrast and gamma changes: exposure and detector response vary by scanner.
 * Occasional Gaussian blur and additive noise: detector sharpness and quantum noise vary.
+* Optional small rotations (``crops.rotation_degrees``), drawn for each view on its own: patient
+  positioning varies, and views of one image that differ in tilt cannot be matched by tilt.
 * No horizontal flip by default: it moves the heart to the right (dextrocardia is rare and a
   finding); enable ``crops.flip_probability`` for data where laterality does not matter.
 
@@ -72,6 +74,9 @@ class MultiCrop:
     ) -> torch.Tensor:
         """One augmented view (3, size, size), normalised like RAD-DINO's processor."""
         cfg = self.config
+        if cfg.rotation_degrees > 0:
+            angle = uniform(rng, -cfg.rotation_degrees, cfg.rotation_degrees)
+            image = TF.rotate(image, angle, InterpolationMode.BILINEAR)
         top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], scale, rng)
         crop = TF.resized_crop(
             image, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True

@@ -77,6 +77,7 @@ class CropSection:
     high_res_start_step: int | None = None  # from this step on, global crops use high_res_size
     high_res_size: int | None = None
     flip_probability: float = 0.0
+    rotation_degrees: float = 0.0  # each view turned by uniform(-r, r) degrees before its crop
     brightness: float = 0.2
     contrast: float = 0.2
     gamma: tuple[float, float] = (0.8, 1.25)
@@ -188,6 +189,7 @@ def validate(config: PretrainConfig) -> None:
         "loss.dino_weight", "loss.ibot_weight", "loss.koleo_weight", "crops.local_number",
         "optim.warmup_steps", "optim.freeze_last_layer_steps", "train.num_workers",
         "teacher.temp_warmup_steps", "optim.clip_grad", "optim.min_lr", "crops.noise_std",
+        "crops.rotation_degrees",
     ]  # fmt: skip
     for key in non_negative:
         section, name = key.split(".")
@@ -209,6 +211,10 @@ def validate(config: PretrainConfig) -> None:
         low, high = getattr(getattr(config, section), name)
         if not 0 < low <= high:
             raise ConfigError(f"{key}=({low}, {high}) must satisfy 0 < low <= high")
+    if config.crops.rotation_degrees > 90:
+        raise ConfigError(
+            f"crops.rotation_degrees={config.crops.rotation_degrees!r} must be <= 90"
+        )
     if config.masking.ratio_min > config.masking.ratio_max:
         raise ConfigError("masking.ratio_min must be <= masking.ratio_max")
     if (config.crops.high_res_start_step is None) != (config.crops.high_res_size is None):
