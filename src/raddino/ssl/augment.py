@@ -7,8 +7,9 @@ Why these choices (DINOv2 was designed for colour photographs):
   intensities mean tissue density; inverting bright/dark (solarisation) makes no anatomy.
 * Mild brightness, contrast and gamma changes: exposure and detector response vary by scanner.
 * Occasional Gaussian blur and additive noise: detector sharpness and quantum noise vary.
-* Optional small rotations (``crops.rotation_degrees``), drawn for each view on its own: patient
-  positioning varies, and views of one image that differ in tilt cannot be matched by tilt.
+* Optional small rotations (``crops.rotation_degrees``), drawn for each view on its own, the
+  uncovered corners black: patient positioning varies. Off in the presets (no measured gain on
+  the synthetic cohort, ``docs/pretraining.md``, eighth round).
 * No horizontal flip by default: it moves the heart to the right (dextrocardia is rare and a
   finding); enable ``crops.flip_probability`` for data where laterality does not matter.
 

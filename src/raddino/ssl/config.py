@@ -212,9 +212,7 @@ def validate(config: PretrainConfig) -> None:
         if not 0 < low <= high:
             raise ConfigError(f"{key}=({low}, {high}) must satisfy 0 < low <= high")
     if config.crops.rotation_degrees > 90:
-        raise ConfigError(
-            f"crops.rotation_degrees={config.crops.rotation_degrees!r} must be <= 90"
-        )
+        raise ConfigError(f"crops.rotation_degrees={config.crops.rotation_degrees!r} must be <= 90")
     if config.masking.ratio_min > config.masking.ratio_max:
         raise ConfigError("masking.ratio_min must be <= masking.ratio_max")
     if (config.crops.high_res_start_step is None) != (config.crops.high_res_size is None):
