@@ -69,7 +69,7 @@ def column_profile_peak(view: torch.Tensor) -> float:
     return float(centre.sum() / x.sum())
 
 
-def test_rotation_zero_draws_nothing_and_rotation_tilts_each_view_on_its_own():
+def test_without_rotation_a_bar_stays_upright_and_with_rotation_each_view_tilts_on_its_own():
     plain = CropSection(
         global_size=32, global_scale=(1.0, 1.0), local_number=0, brightness=0, contrast=0,
         gamma=(1, 1), blur_probability=0, noise_std=0,

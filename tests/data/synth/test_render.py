@@ -217,7 +217,7 @@ def test_a_nodule_shadow_does_not_depend_on_where_the_depth_planes_fall(
     patient = make_patient(renderer, seed, prevalence={"nodule": 1.0})
     nodule = patient.findings.nodules[0]
     projection, rays = renderer.rays(patient, SIZE)
-    step = float(projection.depths[1] - projection.depths[0])
+    step = projection.plane_step_mm
     assert step > 2 * insert.EDGE_MM  # coarse planes: the case that drew rings
     before = rays.soft.clone()
     peaks = []

@@ -145,9 +145,8 @@ def _lobulated_radius(direction: torch.Tensor, nodule: Nodule) -> torch.Tensor:
 
 def insert_nodule(rays: RaySamples, nodule: Nodule) -> torch.Tensor:
     """A lobulated soft-tissue nodule replacing aerated lung, with a partial-volume margin."""
-    depths = rays.projection.depths
     reach = nodule.radius_mm * (1.0 + float(nodule.lobulation[:, 3].sum()))
-    block = rays.block_near(nodule.centre, reach + max(EDGE_MM, float(depths[1] - depths[0])))
+    block = rays.block_near(nodule.centre, reach + max(EDGE_MM, rays.projection.plane_step_mm))
     if block is None:
         return torch.zeros(rays.shape[:2], dtype=torch.bool)
     points = rays.source_mm(block)

@@ -42,6 +42,11 @@ class Projection:
     depths: np.ndarray
     parallel: bool
 
+    @property
+    def plane_step_mm(self) -> float:
+        """Distance between two consecutive depth planes (they are evenly spaced)."""
+        return float(self.depths[1] - self.depths[0])
+
     def detector_uv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W,) x and (H,) z of pixel centres on the detector."""
         offsets = (
@@ -53,8 +58,7 @@ class Projection:
         """Patient mm (..., 3) of samples at (fractional) pixel rows, columns and depth indices."""
         u = self.centre_x + (cols + 0.5 - self.size / 2) * self.pixel_mm
         v = self.centre_z + (rows + 0.5 - self.size / 2) * self.pixel_mm
-        y0, step = float(self.depths[0]), float(self.depths[1] - self.depths[0])
-        y = y0 + depth * step
+        y = float(self.depths[0]) + depth * self.plane_step_mm
         if self.parallel:
             return torch.stack(torch.broadcast_tensors(u, y, v), dim=-1)
         sx, sy, sz = self.source
@@ -83,7 +87,7 @@ class Projection:
 
     def step_lengths(self) -> torch.Tensor:
         """(H, W) path length (mm) of a ray between two depth planes."""
-        step = float(self.depths[1] - self.depths[0])
+        step = self.plane_step_mm
         if self.parallel:
             return torch.full((self.size, self.size), step)
         u, v = self.detector_uv()
