@@ -152,3 +152,22 @@ def test_compare_with_random_baseline_and_segmentation(small_hf_dir, cohort, tmp
     assert labels == [small_hf_dir.name, f"random-init({small_hf_dir.name})"]
     assert report["encoders"][1]["random_init"] is True
     assert {row["task"] for row in report["rows"]} == {"segment (linear)"}
+
+
+def test_compare_probes_from_the_segmentation_store_with_the_same_results(
+    small_hf_dir, cohort, tmp_path
+):
+    """Probing and segmenting together encodes each encoder once (its full-token store serves
+    both), and the probe's numbers are those of a probe-only comparison."""
+    base = ["compare", "--models", str(small_hf_dir), "--random-baseline", "--manifest",
+            str(cohort), "--targets", "bright", "--protocols", "linear", *COMMON]  # fmt: skip
+    probe_only, both = tmp_path / "probe", tmp_path / "both"
+    assert main([*base, "--out", str(probe_only)]) == 0
+    assert main([*base, "--out", str(both), "--masks", "disk", "--epochs", "2",
+                 "--overlays", "0"]) == 0  # fmt: skip
+    stores = sorted(p.name for p in (both / "features").iterdir() if (p / "index.csv").exists())
+    assert len(stores) == 2, stores  # one per encoder, not one per protocol
+    rows = json.loads((both / "compare.json").read_text())["rows"]
+    assert {row["task"] for row in rows} == {"linear", "segment (linear)"}
+    expected = json.loads((probe_only / "compare.json").read_text())["rows"]
+    assert [r for r in rows if r["task"] == "linear"] == expected

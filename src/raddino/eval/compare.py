@@ -27,6 +27,7 @@ from raddino.eval.segment_report import (
     load_segment_inputs,
     prepare_segmentation,
     segment_encoded,
+    segment_request,
     write_segment_report,
 )
 from raddino.eval.tables import (
@@ -206,12 +207,23 @@ def compare_encoders(
     rows: list[ComparisonRow] = []
     notes: list[str] = []
     level, n_resamples = probe_config.level, probe_config.n_resamples
+    prepared = []
+    if structures:  # first: its stores (full patch tokens) serve the probes as well
+        seg_inputs = load_segment_inputs(manifest, list(structures), segment_config.seed)
+        prepared = [
+            prepare_segmentation(s, seg_inputs, options, segment_config, cache) for s in specs
+        ]
     if target_specs:
         inputs = load_probe_inputs(manifest, target_specs, probe_config.seed)
-        encoded = [
-            encode_for_eval(s, inputs.paths, cache, pooled_request(features), options)
-            for s in specs
-        ]
+        encoded = []
+        models = [p[2] for p in prepared] or [None] * len(specs)
+        for spec, model in zip(specs, models, strict=True):
+            request = (
+                pooled_request(features)
+                if model is None
+                else segment_request(segment_config, model.config.depth)
+            )
+            encoded.append(encode_for_eval(spec, inputs.paths, cache, request, options, model))
         valid = np.logical_and.reduce([e.valid for e in encoded])
         used = inputs.usable(valid)
         reports = []
@@ -223,10 +235,6 @@ def compare_encoders(
         rows += probe_rows(reports, labels, probe_config.level)
         notes += reports[0].notes
     if structures:
-        seg_inputs = load_segment_inputs(manifest, list(structures), segment_config.seed)
-        prepared = [
-            prepare_segmentation(s, seg_inputs, options, segment_config, cache) for s in specs
-        ]
         valid = np.logical_and.reduce([p[0].valid for p in prepared])
         used = np.flatnonzero(valid & (seg_inputs.splits.split != ""))
         seg_reports = []

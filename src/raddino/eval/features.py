@@ -127,15 +127,23 @@ def pooled_features(
             raise ValueError(f"features store {encoded.store} has no block {block}")
         parts.append(layer.cls[index])
         if kind == "cls+mean":
-            if layer.patch_mean is None:
-                raise ValueError(f"features store {encoded.store} has no patch means")
-            parts.append(layer.patch_mean[index])
+            parts.append(_patch_mean(layer.patch_mean, layer.patches, index, encoded.store))
     parts.append(features.cls[index])
     if kind == "cls+mean":
-        if features.patch_mean is None:
-            raise ValueError(f"features store {encoded.store} has no patch means")
-        parts.append(features.patch_mean[index])
+        parts.append(_patch_mean(features.patch_mean, features.patches, index, encoded.store))
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def _patch_mean(
+    means: np.ndarray | None, patches: object, index: np.ndarray, store: Path
+) -> np.ndarray:
+    """(len(index), D) mean patch tokens: stored, or averaged from the stored (N, D, h, w) grid
+    (full stores written before they kept their means)."""
+    if means is not None:
+        return means[index]
+    if patches is None:
+        raise ValueError(f"features store {store} has no patch means")
+    return np.asarray(patches[index], dtype=np.float32).mean(axis=(2, 3))
 
 
 def pooled_request(kind: str, blocks: Sequence[int] = ()) -> FeatureRequest:

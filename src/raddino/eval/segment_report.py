@@ -268,6 +268,13 @@ def mask_cache_file(cache_root: Path, manifest: Path, preprocess: PreprocessConf
     return cache_root / f"masks-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
 
 
+def segment_request(config: SegmentConfig, depth: int) -> FeatureRequest:
+    """The store a segmentation head needs: full patch tokens of its blocks (the last block's
+    are the store's own); such a store also holds CLS and mean patch tokens."""
+    blocks = head_blocks(config, depth)
+    return FeatureRequest("full", tuple(b for b in blocks if b != depth - 1))
+
+
 def prepare_segmentation(
     spec: EncoderSpec,
     inputs: SegmentInputs,
@@ -278,9 +285,7 @@ def prepare_segmentation(
 ) -> tuple[EncodedRows, MaskSet, RadDino]:
     """Encode the patch tokens the head needs and read the masks at this encoder's crop size."""
     model = model if model is not None else spec.load()
-    depth = model.config.depth
-    blocks = head_blocks(config, depth)
-    request = FeatureRequest("full", tuple(b for b in blocks if b != depth - 1))
+    request = segment_request(config, model.config.depth)
     encoded = encode_for_eval(spec, inputs.paths, cache, request, options, model=model)
     use = encoded.valid & (inputs.splits.split != "")
     masked_rows = [
