@@ -21,7 +21,7 @@ import torch
 
 from raddino.eval.encoders import EncoderSpec
 from raddino.features.encode import EncodeOptions, PatchMode, encode_to_store, resolve_dtype
-from raddino.features.store import Features, load_features
+from raddino.features.store import Features, ShardedArray, load_features
 from raddino.models.encoder import RadDino
 
 
@@ -135,7 +135,10 @@ def pooled_features(
 
 
 def _patch_mean(
-    means: np.ndarray | None, patches: object, index: np.ndarray, store: Path
+    means: np.ndarray | None,
+    patches: np.ndarray | ShardedArray | None,
+    index: np.ndarray,
+    store: Path,
 ) -> np.ndarray:
     """(len(index), D) mean patch tokens: stored, or averaged from the stored (N, D, h, w) grid
     (full stores written before they kept their means)."""
