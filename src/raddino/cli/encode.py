@@ -75,8 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--patch-tokens",
         default="none",
         choices=["none", "full", "pooled"],
-        help="store patch tokens: none, full grid (D x h x w, with its mean) or pooled mean (D) "
-        "(default: none)",
+        help="store patch tokens: none, full grid (D x h x w) or pooled mean (D) (default: none)",
     )
     parser.add_argument(
         "--layers",

@@ -140,13 +140,17 @@ def _patch_mean(
     index: np.ndarray,
     store: Path,
 ) -> np.ndarray:
-    """(len(index), D) mean patch tokens: stored, or averaged from the stored (N, D, h, w) grid
-    (full stores written before they kept their means)."""
+    """(len(index), D) mean patch tokens: stored (pooled stores), or averaged from the stored
+    (N, D, h, w) grid (full stores), a chunk of rows at a time."""
     if means is not None:
         return means[index]
     if patches is None:
-        raise ValueError(f"features store {store} has no patch means")
-    return np.asarray(patches[index], dtype=np.float32).mean(axis=(2, 3))
+        raise ValueError(f"features store {store} has no patch tokens")
+    chunks = [
+        np.asarray(patches[index[start : start + 256]], dtype=np.float32).mean(axis=(2, 3))
+        for start in range(0, len(index), 256)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, patches.shape[1]), np.float32)
 
 
 def pooled_request(kind: str, blocks: Sequence[int] = ()) -> FeatureRequest:

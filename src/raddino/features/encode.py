@@ -186,7 +186,7 @@ def batch_arrays(
     arrays = {"cls": output.cls}
     if options.patch_tokens == "full":
         arrays["patches"] = output.patch_grid()
-    if options.patch_tokens != "none":  # a full store can serve image-level probes too
+    elif options.patch_tokens == "pooled":
         arrays["patch_mean"] = output.patches.float().mean(dim=1)
     start = 1 + num_register_tokens
     for index in engine.layers:
@@ -194,7 +194,7 @@ def batch_arrays(
         arrays[f"layer{index}_cls"] = tokens[:, 0]
         if options.patch_tokens == "full":
             arrays[f"layer{index}_patches"] = output.patch_grid(tokens[:, start:])
-        if options.patch_tokens != "none":
+        elif options.patch_tokens == "pooled":
             arrays[f"layer{index}_patch_mean"] = tokens[:, start:].float().mean(dim=1)
     return {key: value.float().cpu().numpy() for key, value in arrays.items()}
 
