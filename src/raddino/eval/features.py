@@ -141,13 +141,19 @@ def _patch_mean(
     store: Path,
 ) -> np.ndarray:
     """(len(index), D) mean patch tokens: stored (pooled stores), or averaged from the stored
-    (N, D, h, w) grid (full stores), a chunk of rows at a time."""
+    (N, D, h, w) grid (full stores), a chunk of rows at a time. The average is torch's, as at
+    encoding, so both stores give bit-identical means."""
     if means is not None:
         return means[index]
     if patches is None:
         raise ValueError(f"features store {store} has no patch tokens")
     chunks = [
-        np.asarray(patches[index[start : start + 256]], dtype=np.float32).mean(axis=(2, 3))
+        torch.from_numpy(np.array(patches[index[start : start + 256]], dtype=np.float32))
+        .flatten(2)
+        .transpose(1, 2)  # (n, h*w, D), the encoder's token layout: the same summation order
+        .contiguous()
+        .mean(dim=1)
+        .numpy()
         for start in range(0, len(index), 256)
     ]
     return np.concatenate(chunks) if chunks else np.zeros((0, patches.shape[1]), np.float32)
