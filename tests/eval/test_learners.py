@@ -34,7 +34,7 @@ def test_logistic_fit_reaches_the_regularised_optimum():
     assert weight.grad.abs().max() < 1e-5 and bias.grad.abs().max() < 1e-5
 
 
-def test_joint_path_equals_separate_fits():
+def test_path_equals_separate_fits():
     torch.manual_seed(1)
     x = torch.randn(300, 6, dtype=torch.float64)
     labels = (x[:, :3] + torch.randn(300, 3, dtype=torch.float64) > 0.3).double()
@@ -42,6 +42,20 @@ def test_joint_path_equals_separate_fits():
     for model, lam in zip(path, (1.0, 0.01), strict=True):
         alone = fit_logistic(x, labels, lam)
         assert torch.allclose(model.weight, alone.weight, atol=1e-4)
+
+
+def test_strong_strengths_converge_beside_a_nearly_separable_weak_one():
+    # A weak strength on separable labels is ill-conditioned; it must not hold back the others.
+    torch.manual_seed(2)
+    x = torch.randn(300, 20, dtype=torch.float64)
+    labels = (x[:, :1] > 0).double()
+    strengths = (10.0, 1.0, 1e-6)
+    path = regularisation_path(x, labels, strengths, max_iter=40)
+    for model, lam in zip(path[:2], strengths[:2], strict=True):
+        weight = model.weight.clone().requires_grad_(True)
+        bias = model.bias.clone().requires_grad_(True)
+        logistic_objective(x, labels, weight, bias, torch.tensor(lam)).backward()
+        assert weight.grad.abs().max() < 1e-4 and bias.grad.abs().max() < 1e-4
 
 
 def test_ridge_path_matches_the_closed_form():

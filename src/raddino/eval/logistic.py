@@ -103,29 +103,20 @@ def regularisation_path(
     balanced: bool = True,
     max_iter: int = 300,
 ) -> list[LogisticModel]:
-    """One model per strength, strongest first, all fitted as one problem.
+    """One model per strength, strongest first: each strength is its own problem, warm-started
+    from the stronger one's solution (a path, as in glmnet).
 
-    Each (strength, target) pair is a column of the same weight matrix, so one pass over the
-    features per solver step serves the whole path (the products are memory-bound: 8 strengths
-    cost about as much as one).
+    Fitting all strengths as one problem would share one line search between well- and
+    ill-conditioned columns: measured on a demo probe, after 300 L-BFGS steps even the
+    strongest strength's gradient was still 1e-2, and a target's result moved with the
+    other targets fitted alongside it.
     """
-    strengths = sorted_lambdas(lambdas)
-    n_targets = labels.shape[1]
-    lam = torch.as_tensor(strengths, dtype=features.dtype, device=features.device)
-    model = fit_logistic(
-        features,
-        labels.repeat(1, len(strengths)),
-        lam.repeat_interleave(n_targets),
-        balanced=balanced,
-        max_iter=max_iter,
-    )
-    return [
-        LogisticModel(
-            model.weight[:, i * n_targets : (i + 1) * n_targets],
-            model.bias[i * n_targets : (i + 1) * n_targets],
-        )
-        for i in range(len(strengths))
-    ]
+    models: list[LogisticModel] = []
+    init = None
+    for strength in sorted_lambdas(lambdas):
+        init = fit_logistic(features, labels, float(strength), init, balanced, max_iter)
+        models.append(init)
+    return models
 
 
 def sorted_lambdas(lambdas: Sequence[float]) -> np.ndarray:
