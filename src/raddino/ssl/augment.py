@@ -7,9 +7,9 @@ Why these choices (DINOv2 was designed for colour photographs):
   intensities mean tissue density; inverting bright/dark (solarisation) makes no anatomy.
 * Mild brightness, contrast and gamma changes: exposure and detector response vary by scanner.
 * Occasional Gaussian blur and additive noise: detector sharpness and quantum noise vary.
-  Both are off in ``configs/tiny_cpu.yaml``: the synthetic cohort already varies exposure,
-  blur, window and gamma between patients, and findings are differences of density, which the
-  extra invariance taught the encoder to ignore (``docs/pretraining.md``, tenth round).
+  These two kinds are off in ``configs/tiny_cpu.yaml``: the synthetic cohort already varies
+  exposure, blur, window and gamma between patients, and findings are differences of density,
+  which the extra invariance taught the encoder to ignore (``docs/pretraining.md``, tenth round).
 * Optional small rotations (``crops.rotation_degrees``), drawn for each view on its own, the
   uncovered corners black: patient positioning varies. Off in the presets (no measured gain on
   the synthetic cohort, ``docs/pretraining.md``, eighth round).
