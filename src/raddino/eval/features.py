@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from raddino.eval.encoders import EncoderSpec
-from raddino.features.encode import EncodeOptions, PatchMode, encode_to_store, resolve_dtype
+from raddino.features.encode import (
+    EncodeOptions,
+    PatchMode,
+    encode_to_store,
+    mean_patch_token,
+    resolve_dtype,
+)
 from raddino.features.store import Features, ShardedArray, load_features
 from raddino.models.encoder import RadDino
 
@@ -141,19 +147,19 @@ def _patch_mean(
     store: Path,
 ) -> np.ndarray:
     """(len(index), D) mean patch tokens: stored (pooled stores), or averaged from the stored
-    (N, D, h, w) grid (full stores), a chunk of rows at a time. The average is torch's, as at
-    encoding, so both stores give bit-identical means."""
+    (N, D, h, w) grid (full stores), a chunk of rows at a time, with the encoder's
+    :func:`mean_patch_token`, so both stores give bit-identical means."""
     if means is not None:
         return means[index]
     if patches is None:
         raise ValueError(f"features store {store} has no patch tokens")
     chunks = [
-        torch.from_numpy(np.array(patches[index[start : start + 256]], dtype=np.float32))
-        .flatten(2)
-        .transpose(1, 2)  # (n, h*w, D), the encoder's token layout: the same summation order
-        .contiguous()
-        .mean(dim=1)
-        .numpy()
+        mean_patch_token(
+            torch.from_numpy(np.array(patches[index[start : start + 256]], dtype=np.float32))
+            .flatten(2)
+            .transpose(1, 2)  # (n, h*w, D), the encoder's token layout: the same summation order
+            .contiguous()
+        ).numpy()
         for start in range(0, len(index), 256)
     ]
     return np.concatenate(chunks) if chunks else np.zeros((0, patches.shape[1]), np.float32)

@@ -173,6 +173,12 @@ def store_meta(model: RadDino, model_id: str, options: EncodeOptions, dtype: tor
     }
 
 
+def mean_patch_token(tokens: torch.Tensor) -> torch.Tensor:
+    """(n, N, D) patch tokens -> (n, D) float32 mean. Pooled stores are written with it and
+    full stores' means are computed with it when read, so the two agree bit for bit."""
+    return tokens.float().mean(dim=1)
+
+
 def batch_arrays(
     engine: InferenceEngine,
     pixels: torch.Tensor,
@@ -187,7 +193,7 @@ def batch_arrays(
     if options.patch_tokens == "full":
         arrays["patches"] = output.patch_grid()
     elif options.patch_tokens == "pooled":
-        arrays["patch_mean"] = output.patches.float().mean(dim=1)
+        arrays["patch_mean"] = mean_patch_token(output.patches)
     start = 1 + num_register_tokens
     for index in engine.layers:
         tokens = output.layers[index]
@@ -195,7 +201,7 @@ def batch_arrays(
         if options.patch_tokens == "full":
             arrays[f"layer{index}_patches"] = output.patch_grid(tokens[:, start:])
         elif options.patch_tokens == "pooled":
-            arrays[f"layer{index}_patch_mean"] = tokens[:, start:].float().mean(dim=1)
+            arrays[f"layer{index}_patch_mean"] = mean_patch_token(tokens[:, start:])
     return {key: value.float().cpu().numpy() for key, value in arrays.items()}
 
 
