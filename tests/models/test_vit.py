@@ -104,11 +104,39 @@ def test_drop_path_is_active_only_in_training():
 
 
 def test_gradients_flow_to_pixels_and_parameters():
-    model = tiny()
-    images = torch.randn(1, 3, 56, 56, requires_grad=True)
-    model(images).cls.sum().backward()
-    assert images.grad is not None and images.grad.abs().sum() > 0
-    assert model.patch_embed.proj.weight.grad is not None
+    """Back-propagate a fixed random projection of every output token, in float64.
+
+    A plain ``cls.sum()`` would be a bad probe: the final LayerNorm (gamma 1, beta 0) makes every
+    token sum to exactly 0 for any input, so its true gradient is 0 and only rounding noise (which
+    differs between CPU kernels) made it non-zero. The autograd gradient must equal a central
+    finite difference along a random direction; in float64 with step 1e-5 the truncation error is
+    ~1e-10 relative, so 1e-6 leaves room for any kernel's rounding and still fails on a wrong or
+    missing gradient.
+    """
+    model = tiny().double()
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(1, 3, 56, 56, dtype=torch.float64, generator=generator)
+    weights_cls = torch.randn(32, dtype=torch.float64, generator=generator)
+    weights_patches = torch.randn(16, 32, dtype=torch.float64, generator=generator)
+
+    def objective(pixels: torch.Tensor) -> torch.Tensor:
+        out = model(pixels)
+        return out.cls[0] @ weights_cls + (out.patches[0] * weights_patches).sum()
+
+    pixels = images.clone().requires_grad_(True)
+    objective(pixels).backward()
+    assert pixels.grad is not None and pixels.grad.abs().max() > 1e-3
+    proj_grad = model.patch_embed.proj.weight.grad
+    assert proj_grad is not None and proj_grad.abs().max() > 1e-3
+
+    direction = torch.randn(images.shape, dtype=torch.float64, generator=generator)
+    step = 1e-5
+    with torch.no_grad():
+        numeric = (objective(images + step * direction) - objective(images - step * direction)) / (
+            2 * step
+        )
+    analytic = (pixels.grad * direction).sum()
+    assert torch.allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize(
