@@ -30,6 +30,16 @@ def hand_cross_entropy(student: list[float], teacher: list[float], temp: float) 
     return -sum(t * (s - log_normaliser) for t, s in zip(teacher, scaled, strict=True))
 
 
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+FLOAT32_TINY = torch.finfo(torch.float32).tiny  # below it float32 is subnormal (or flushed to 0)
+
+
+def numpy_logsumexp(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """log(sum(exp(values))) over ``axis`` (keepdims), shifted by the maximum; float64."""
+    top = values.max(axis=axis, keepdims=True)
+    return top + np.log(np.exp(values - top).sum(axis=axis, keepdims=True))
+
+
 # --------------------------------------------------------------------------- DINO
 
 
@@ -142,6 +152,43 @@ def test_softmax_centering_rejects_bad_arguments():
         centering.teacher_probs(torch.zeros(2, 3), -1.0)
 
 
+def float64_centred_softmax(logits: torch.Tensor, center: torch.Tensor, temp: float) -> np.ndarray:
+    """softmax((logits - center) / temp) from the float32 inputs, float64, in log space."""
+    scores = (logits.double().numpy() - center.double().numpy()) / temp
+    return np.exp(scores - numpy_logsumexp(scores, axis=1))
+
+
+def test_softmax_centering_is_exact_when_the_score_range_is_hundreds_of_temperatures():
+    generator = torch.Generator().manual_seed(0)
+    centering = SoftmaxCentering(50)
+    centering.update(torch.rand(16, 50, generator=generator) * 4 - 2)  # a non-zero centre
+    logits = torch.rand(8, 50, generator=generator) * 2 - 1
+    temp = 0.004
+    scaled_range = float((logits - centering.center).max() - (logits - centering.center).min())
+    scaled_range /= temp
+    assert scaled_range > 100
+    probs = centering.teacher_probs(logits, temp)
+    # A probability is exp(score - log normaliser): its relative error is the absolute error of
+    # that exponent, a few float32 roundings (eps 1.2e-7) of values up to the scaled range, plus
+    # the K-term sum inside the normaliser. Tiny entries are only absolutely accurate.
+    rtol = FLOAT32_EPS * (4 * scaled_range + 50 + 8)
+    expected = float64_centred_softmax(logits, centering.center, temp)
+    np.testing.assert_allclose(probs.numpy(), expected, rtol=rtol, atol=FLOAT32_TINY)
+
+
+def test_softmax_centering_stays_finite_when_the_scaled_scores_overflow_float32():
+    centering = SoftmaxCentering(4)
+    logits = torch.tensor([[1e30, 0.0, -1e30, 5e29], [-2e30, -3e30, -2e30, -1e30]])
+    temp = 1e-10  # (logits - max) / temp is beyond float32's range (3.4e38)
+    probs = centering.teacher_probs(logits, temp)
+    assert torch.isfinite(probs).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    # The float64 softmax of the same scores is one-hot on each row's maximum.
+    expected = float64_centred_softmax(logits, centering.center, temp)
+    np.testing.assert_array_equal(expected, np.eye(4)[[0, 3]])
+    assert torch.equal(probs, torch.from_numpy(expected).float())
+
+
 # --------------------------------------------------------------------------- Sinkhorn-Knopp
 
 
@@ -204,6 +251,113 @@ def test_sinkhorn_knopp_is_invariant_to_a_constant_and_does_not_overflow():
     np.testing.assert_allclose(shifted.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
+def logspace_dinov2_sinkhorn(logits: np.ndarray, temp: float, n_iterations: int) -> np.ndarray:
+    """DINOv2's sinkhorn_knopp_teacher step by step (total, 1/K and 1/B included), float64 and
+    in log space, so nothing underflows whatever the logits."""
+    log_q = logits.astype(np.float64).T / temp  # (K, B)
+    n_prototypes, n_samples = log_q.shape
+    log_q = log_q - numpy_logsumexp(log_q)
+    for _ in range(n_iterations):
+        log_q = log_q - numpy_logsumexp(log_q, axis=1) - math.log(n_prototypes)
+        log_q = log_q - numpy_logsumexp(log_q, axis=0) - math.log(n_samples)
+    return np.exp(log_q + math.log(n_samples)).T
+
+
+def sinkhorn_rtol(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> float:
+    """Bound on the relative error of float32 Sinkhorn-Knopp targets against exact arithmetic.
+
+    A target is exp(log q), so its relative error is the absolute error of log q: the scaled
+    logits (of size S = range / temp) are rounded twice when made, then every normalisation
+    subtracts from values of size <= 2 S (one rounding each, 2 per iteration), and a sum of n
+    positive float32 terms is within n eps of exact, which moves its log by n eps.
+    """
+    n_samples, n_prototypes = logits.shape
+    scaled = float(logits.max() - logits.min()) / temp
+    sums = n_iterations * (n_samples + n_prototypes)
+    return FLOAT32_EPS * ((2 + 4 * n_iterations) * scaled + sums + 16)
+
+
+def dead_prototype_logits() -> torch.Tensor:
+    """64 x 256 cosine-like scores in [-1, 1]; prototype 17 scores about -1.5 for every sample."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.rand(64, 256, generator=generator) * 2 - 1
+    logits[:, 17] = -1.5 + 0.01 * torch.rand(64, generator=generator)
+    return logits
+
+
+def test_logspace_reference_equals_the_direct_numpy_dinov2_on_benign_logits():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(16, 10))
+    for temp, n_iterations in ((0.5, 3), (0.1, 1), (1.0, 10)):
+        np.testing.assert_allclose(
+            logspace_dinov2_sinkhorn(logits, temp, n_iterations),
+            numpy_dinov2_sinkhorn(logits, temp, n_iterations),
+            rtol=1e-12,  # both float64; the scaled logits stay below 40 in size
+        )
+
+
+@pytest.mark.parametrize(("temp", "n_iterations"), [(0.04, 3), (0.1, 1), (1.0, 10)])
+def test_sinkhorn_knopp_keeps_dinov2_results_on_benign_logits(temp: float, n_iterations: int):
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(32, 16, generator=generator)
+    result = sinkhorn_knopp(logits, temp, n_iterations=n_iterations)
+    expected = numpy_dinov2_sinkhorn(logits.double().numpy(), temp, n_iterations)
+    np.testing.assert_allclose(
+        result.numpy(), expected, rtol=sinkhorn_rtol(logits, temp, n_iterations), atol=FLOAT32_TINY
+    )
+    # n_rows (B_global in DINOv2) only scales by 1/B and back: it changes nothing.
+    assert torch.equal(sinkhorn_knopp(logits, temp, n_iterations, n_rows=5), result)
+
+
+def test_sinkhorn_knopp_with_a_dead_prototype_at_temp_001_is_finite_and_exact():
+    logits = dead_prototype_logits()
+    temp = 0.01
+    # The case that turned every target NaN when only the batch maximum was subtracted: the
+    # dead prototype's exp underflows to 0 for every sample (exp(-249) is far below float32).
+    assert torch.exp((logits - logits.max()) / temp)[:, 17].max() == 0
+    result = sinkhorn_knopp(logits, temp)
+    assert torch.isfinite(result).all()
+    expected = logspace_dinov2_sinkhorn(logits.numpy(), temp, 3)
+    np.testing.assert_allclose(
+        result.numpy(), expected, rtol=sinkhorn_rtol(logits, temp), atol=FLOAT32_TINY
+    )
+    torch.testing.assert_close(result.sum(1), torch.ones(64))
+    assert result[:, 17].sum() > 0.1  # the dead prototype still receives mass (B / K = 0.25)
+
+
+@pytest.mark.parametrize("temp", [0.01, 0.003])
+def test_sinkhorn_knopp_is_exact_when_the_logit_range_is_hundreds_of_temperatures(temp: float):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.rand(48, 96, generator=generator) * 2 - 1
+    logits[:, 40] = -1.8  # a dead prototype
+    logits[5] = -3.0 + 0.01 * torch.rand(96, generator=generator)  # below every prototype
+    assert (logits.max() - logits.min()) / temp > 100
+    # Even shifted by each prototype's own maximum, sample 5 underflows to 0 everywhere: only
+    # a per-sample log-sum-exp keeps it from 0 / 0.
+    assert torch.exp((logits[5] - logits.amax(0)) / temp).max() == 0
+    result = sinkhorn_knopp(logits, temp)
+    assert torch.isfinite(result).all()
+    expected = logspace_dinov2_sinkhorn(logits.numpy(), temp, 3)
+    np.testing.assert_allclose(
+        result.numpy(), expected, rtol=sinkhorn_rtol(logits, temp), atol=FLOAT32_TINY
+    )
+
+
+def test_sinkhorn_knopp_stays_finite_when_the_scaled_logits_overflow_float32():
+    generator = torch.Generator().manual_seed(4)
+    logits = (torch.rand(16, 8, generator=generator) * 2 - 1) * 1e30
+    result = sinkhorn_knopp(logits, 1e-10)  # scaled logits up to 2e40: beyond float32
+    assert torch.isfinite(result).all()
+    torch.testing.assert_close(result.sum(1), torch.ones(16))
+    assert (result.amax(1) >= 1 / 8).all()
+
+
+def test_sinkhorn_knopp_of_an_empty_batch_is_empty():
+    assert sinkhorn_knopp(torch.zeros(0, 5), 0.1).shape == (0, 5)
+    with pytest.raises(ValueError, match="teacher_logits must have at least one prototype"):
+        sinkhorn_knopp(torch.zeros(4, 0), 0.1)
+
+
 def test_sinkhorn_knopp_rejects_bad_arguments():
     logits = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="teacher_logits"):
@@ -226,31 +380,42 @@ def _distributed_worker(rank: int, store: str, result_dir: str, data: dict) -> N
         logits, patch_logits = data["logits"][rows], data["patch_logits"][rows]
         centering = SoftmaxCentering(logits.shape[1])
         centering.update(logits)
+        dead = data["dead_logits"]
         result = {
             "sinkhorn": sinkhorn_knopp(logits, 0.1),
             "sinkhorn_n_rows": sinkhorn_knopp(patch_logits, 0.1, n_rows=torch.tensor(len(rows))),
             "center": centering.center.clone(),
+            "dead": sinkhorn_knopp(dead[data["dead_splits"][rank]], 0.01),
+            "dead_rank0_empty": sinkhorn_knopp(dead if rank == 1 else dead[:0], 0.01),
         }
         torch.save(result, Path(result_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_distributed_reductions_match_one_process_on_the_whole_batch(tmp_path: Path):
-    """Two gloo ranks with uneven batches (3 and 5 rows) equal one process with all 8 rows."""
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
+    """The inputs and each rank's results of `_distributed_worker` on two gloo processes."""
+    folder = tmp_path_factory.mktemp("distributed")
     torch.manual_seed(0)
     data = {
         "logits": torch.randn(8, 6),
         "patch_logits": torch.randn(8, 6) * 3,
         "splits": [torch.arange(0, 3), torch.arange(3, 8)],
+        "dead_logits": dead_prototype_logits(),
+        "dead_splits": [torch.arange(0, 23), torch.arange(23, 64)],
     }
     mp.spawn(
-        _distributed_worker,
-        args=(str(tmp_path / "store"), str(tmp_path), data),
-        nprocs=2,
-        join=True,
+        _distributed_worker, args=(str(folder / "store"), str(folder), data), nprocs=2, join=True
     )
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return data, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_distributed_reductions_match_one_process_on_the_whole_batch(
+    two_processes: tuple[dict, list[dict]],
+):
+    """Two gloo ranks with uneven batches (3 and 5 rows) equal one process with all 8 rows."""
+    data, ranks = two_processes
     torch.testing.assert_close(
         torch.cat([r["sinkhorn"] for r in ranks]), sinkhorn_knopp(data["logits"], 0.1)
     )
@@ -260,6 +425,23 @@ def test_distributed_reductions_match_one_process_on_the_whole_batch(tmp_path: P
     expected_center = 0.1 * data["logits"].mean(0, keepdim=True)
     for result in ranks:
         torch.testing.assert_close(result["center"], expected_center)
+
+
+def test_distributed_sinkhorn_knopp_with_a_dead_prototype_matches_the_float64_reference(
+    two_processes: tuple[dict, list[dict]],
+):
+    """Uneven ranks (23 and 41 rows), and one rank without rows, at temp 0.01."""
+    data, ranks = two_processes
+    logits = data["dead_logits"]
+    expected = logspace_dinov2_sinkhorn(logits.numpy(), 0.01, 3)
+    rtol = sinkhorn_rtol(logits, 0.01)
+    together = torch.cat([r["dead"] for r in ranks])
+    assert torch.isfinite(together).all()
+    np.testing.assert_allclose(together.numpy(), expected, rtol=rtol, atol=FLOAT32_TINY)
+    assert ranks[0]["dead_rank0_empty"].shape == (0, 256)
+    np.testing.assert_allclose(
+        ranks[1]["dead_rank0_empty"].numpy(), expected, rtol=rtol, atol=FLOAT32_TINY
+    )
 
 
 # --------------------------------------------------------------------------- iBOT
@@ -342,12 +524,68 @@ def test_koleo_closed_forms(points: list[list[float]], expected: float):
     assert loss.item() == pytest.approx(expected, abs=5e-5)
 
 
-def test_koleo_single_point_is_minus_log_of_twice_eps():
-    # The only neighbour is the point itself: PairwiseDistance gives ||x - x + eps|| = eps
-    # (D = 1), and log(d + eps) = log(2e-8), so the loss is -log(2e-8) = 17.72753...
-    loss = koleo_loss(torch.tensor([[1.0]]))
-    assert loss.item() == pytest.approx(-math.log(2e-8), abs=1e-3)
-    assert round(loss.item(), 3) == 17.728
+def pairwise_distance_koleo_terms(x: torch.Tensor) -> torch.Tensor:
+    """DINOv2's per-row KoLeo terms: PairwiseDistance(eps=1e-8) to the nearest other row."""
+    normed = torch.nn.functional.normalize(x, eps=1e-8)
+    with torch.no_grad():
+        dots = normed @ normed.T
+        dots.fill_diagonal_(-1.0)  # no antipodal ties in these tests
+    distance = torch.nn.PairwiseDistance(p=2, eps=1e-8)(normed, normed[dots.argmax(1)])
+    return -torch.log(distance + 1e-8)
+
+
+def koleo_with_duplicates() -> tuple[torch.Tensor, list[int]]:
+    """6 x 8 features: rows 0, 3 and 5 are copies of a unit vector whose entries (+-0.5) and
+    norm (exactly 1) are exact in float16 and float32, so the copies stay bitwise identical
+    after normalisation whatever the kernel; rows 1, 2 and 4 are random."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 8, generator=generator)
+    for row in (0, 3, 5):
+        x[row] = torch.tensor([0.5, -0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0])
+    return x, [0, 3, 5]
+
+
+def test_koleo_duplicates_give_a_finite_loss_and_finite_gradients():
+    x, copies = koleo_with_duplicates()
+    features = x.clone().requires_grad_()
+    loss = koleo_loss(features)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(features.grad).all()
+
+    # Value: a copy's nearest neighbour is another copy (whichever the tie picks), at distance
+    # ||eps * ones(8)|| = eps * sqrt(8); the other rows follow DINOv2's formula.
+    copy_term = -math.log(1e-8 * math.sqrt(8) + 1e-8)
+    assert copy_term == pytest.approx(17.0782, abs=1e-4)
+    reference = x.clone().requires_grad_()
+    terms = pairwise_distance_koleo_terms(reference)
+    others = [row for row in range(6) if row not in copies]
+    expected = (terms[others].sum() + len(copies) * copy_term) / 6
+    # float32 norms and logs of O(1) values: a few eps (1.2e-7) relative; 1e-5 is ample.
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # Gradient: the copies' terms are constants, the other rows' terms are DINOv2's.
+    expected.backward()
+    torch.testing.assert_close(features.grad, reference.grad)
+    assert features.grad[others].abs().sum() > 0
+
+
+def test_koleo_duplicates_in_half_precision_give_finite_gradients():
+    x, _ = koleo_with_duplicates()
+    for dtype in (torch.float16, torch.bfloat16):
+        features = x.to(dtype).requires_grad_()
+        loss = koleo_loss(features)
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert features.grad.dtype == dtype and torch.isfinite(features.grad).all()
+
+
+def test_koleo_of_a_single_row_is_zero_with_zero_gradients():
+    for dtype in (torch.float32, torch.bfloat16):
+        features = torch.tensor([[0.3, -1.2, 2.0]], dtype=dtype, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = koleo_loss(features)
+        assert loss.dtype == torch.float32 and loss.item() == 0.0
+        loss.backward()
+        assert torch.equal(features.grad, torch.zeros_like(features))
 
 
 def test_koleo_matches_pairwise_distance_formula_and_ignores_autocast():

@@ -164,10 +164,18 @@ class SoftmaxCentering(nn.Module):
 
     @torch.no_grad()
     def teacher_probs(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
-        """``softmax((teacher_logits - center) / teacher_temp)``: (B, K) float32, no gradient."""
+        """``softmax((teacher_logits - center) / teacher_temp)``: (B, K) float32, no gradient.
+
+        Each row's largest centred score is subtracted before the division by the temperature,
+        so every row's top entry is ``exp(0)`` and the rows stay finite however wide the scores
+        and however small the temperature (a score that overflows float32 once divided
+        becomes ``-inf``, i.e. probability 0, never ``inf - inf``).
+        """
         self._check_logits(teacher_logits)
         _check_temperature("teacher_temp", teacher_temp)
-        return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+        scores = teacher_logits.float() - self.center
+        scores -= scores.amax(dim=-1, keepdim=True)
+        return F.softmax(scores.div_(teacher_temp), dim=-1)
 
     @torch.no_grad()
     def update(self, teacher_logits: Tensor) -> None:
@@ -199,42 +207,65 @@ def sinkhorn_knopp(
     DINOv2's algorithm: ``Q = exp(t / temp)^T`` (K, B_global), divided by its total, then
     ``n_iterations`` times: divide each prototype row by its (global) sum and by K, divide each
     sample column by its sum and by B_global; finally multiply by B_global so every sample's
-    distribution sums to 1. Sums over prototypes-rows are all-reduced across processes when
-    torch.distributed is initialised; ``B_global`` is the all-reduced ``n_rows`` (for iBOT: the
-    local number of masked tokens) or the all-reduced local B. The global max logit is
-    subtracted before ``exp`` to avoid overflow; the constant factor cancels in the first
-    normalisation, so the result is DINOv2's.
+    distribution sums to 1. Sums over the batch are all-reduced across processes when
+    torch.distributed is initialised.
+
+    Computed in log space, with the same result for any logits:
+
+    * Each prototype's maximum over the global batch (all-reduced MAX) is subtracted from its
+      logits before dividing by the temperature. That multiplies prototype k's row of ``Q`` by
+      a constant, which the first prototype normalisation (the row divided by its own sum)
+      removes exactly, and every prototype keeps an entry ``exp(0)``. DINOv2 subtracts
+      nothing, and one global maximum is not enough: at temp 0.01 a prototype scoring more
+      than ~1.03 below the batch maximum for every sample underflows to a zero row, and 0 / 0
+      makes every target NaN.
+    * The divisions by the grand total, by K and by B_global are scalar factors that the next
+      normalisation (or the final multiplication by B_global) undoes exactly, so they are left
+      out and ``n_rows`` does not change the result (it is still checked, for DINOv2's
+      signature).
+    * Each normalisation subtracts a max-shifted log-sum-exp, so a sample far below every
+      prototype's maximum still gets a distribution instead of 0 / 0.
+
+    Finite logits give finite targets: each row sums to 1 and has an entry >= 1 / K (scaled
+    logits below float32's range are clamped to its lowest finite value). A process with no
+    rows returns (0, K) and still joins every all-reduce.
     """
     _check_matrix("teacher_logits", teacher_logits)
     _check_temperature("teacher_temp", teacher_temp)
     if isinstance(n_iterations, bool) or not isinstance(n_iterations, int) or n_iterations < 1:
         raise ValueError(f"n_iterations must be a positive integer, got {n_iterations!r}")
-    logits = teacher_logits.float()
-    n_local, n_prototypes = logits.shape
-    if n_rows is None:
-        rows = torch.tensor(float(n_local), device=logits.device)
-    elif isinstance(n_rows, Tensor):
+    if teacher_logits.shape[1] == 0:
+        raise ValueError("teacher_logits must have at least one prototype (column), got (B, 0)")
+    if isinstance(n_rows, Tensor):
         if n_rows.numel() != 1:
             raise ValueError(f"n_rows must be a scalar, got shape {tuple(n_rows.shape)}")
-        rows = n_rows.detach().reshape(()).to(device=logits.device, dtype=torch.float32).clone()
-    elif isinstance(n_rows, int) and not isinstance(n_rows, bool) and n_rows >= 0:
-        rows = torch.tensor(float(n_rows), device=logits.device)
-    else:
+    elif n_rows is not None and (
+        isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0
+    ):
         raise ValueError(f"n_rows must be None, a non-negative int or a tensor, got {n_rows!r}")
-    n_global = _all_reduce_sum(rows)
 
-    local_max = logits.max() if n_local > 0 else logits.new_tensor(-math.inf)
-    global_max = _all_reduce_max(local_max.clone())
-    q = torch.exp((logits - global_max) / teacher_temp).t()  # (K, B_local)
+    logits = teacher_logits.float()
+    # log_q[b, k] = log Q[k, b] up to a constant per prototype; (B_local, K) like the logits.
+    log_q = logits - _all_reduce_max(_max_over_batch(logits))
+    log_q.div_(teacher_temp).clamp_(min=torch.finfo(torch.float32).min)
+    scratch = torch.empty_like(log_q)
+    for iteration in range(n_iterations):
+        # Each prototype: total mass 1 over the global batch (then 1/K, a constant).
+        shift = _all_reduce_max(_max_over_batch(log_q)) if iteration else log_q.new_zeros(())
+        mass = torch.sub(log_q, shift, out=scratch).exp_().sum(dim=0)
+        log_q -= shift + _all_reduce_sum(mass).log()
+        # Each sample: mass 1 (then 1/B_global, a constant).
+        shift = log_q.amax(dim=1, keepdim=True)
+        mass = torch.sub(log_q, shift, out=scratch).exp_().sum(dim=1, keepdim=True)
+        log_q -= shift + mass.log()
+    return log_q.exp_()
 
-    q /= _all_reduce_sum(q.sum())
-    for _ in range(n_iterations):
-        q /= _all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: total mass 1 ...
-        q /= n_prototypes  # ... then 1/K
-        q /= q.sum(dim=0, keepdim=True)  # each sample: mass 1 ...
-        q /= n_global  # ... then 1/B
-    q *= n_global
-    return q.t()
+
+def _max_over_batch(scores: Tensor) -> Tensor:
+    """(B, K) -> (K,) column maxima; ``-inf`` for an empty batch (another process has rows)."""
+    if scores.shape[0] == 0:
+        return scores.new_full((scores.shape[1],), -math.inf)
+    return scores.amax(dim=0)
 
 
 # --------------------------------------------------------------------------- iBOT (patch tokens)
@@ -290,18 +321,35 @@ def ibot_patch_loss(
 # --------------------------------------------------------------------------- KoLeo, monitoring
 
 
+_DUPLICATE_GAP = 4 * torch.finfo(torch.float32).eps
+"""Largest per-coordinate gap between unit rows that :func:`koleo_loss` treats as duplicates:
+a few ulps of 1, so rows normalised from one input by kernels that round differently match."""
+
+
 def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
     """Kozachenko-Leonenko entropy regulariser of (B, D) features, float32 with autocast off.
 
     Rows are L2-normalised, each row's nearest neighbour is the other row of largest dot product,
     and the loss is ``-mean_i log(||x_i - x_nn(i) + eps|| + eps)``: the ``+ eps`` inside the
-    norm is what ``torch.nn.PairwiseDistance(eps=eps)`` adds, as in DINOv2.
+    norm is what ``torch.nn.PairwiseDistance(eps=eps)`` adds, as in DINOv2. Self is excluded
+    with a -inf diagonal. DINOv2 writes -1 there, which only differs for an exactly antipodal
+    neighbour (dot product -1): on a tie ``max`` returns the first index, which can be the row
+    itself.
 
-    Self is excluded with a -inf diagonal. DINOv2 writes -1 there, which only differs for an
-    exactly antipodal neighbour (dot product -1): on a tie ``max`` returns the first index,
-    which can be the row itself. With B = 1 the only candidate is the row itself, as in DINOv2:
-    the loss is ``-log(eps * sqrt(D) + eps)`` (17.7275 for D = 1), the known failure mode of
-    batch size 1 or duplicated images.
+    Duplicates (a row whose nearest neighbour equals it to float32 rounding, max |difference|
+    <= 4 float32 eps on the unit sphere): the ``+ eps`` keeps the distance at about
+    ``eps * sqrt(D)``, so the term is finite (``-log(eps * sqrt(D) + eps)``, 17.0782 for D = 8)
+    and keeps that value, but it is a constant for autograd. Its gradient would have size
+    ``1 / (eps * (sqrt(D) + 1))`` (3.5e6 for D = 768) along the arbitrary all-ones direction
+    of ``eps``: features of identical inputs stay identical whatever the weights, so it cancels
+    between the copies in exact arithmetic, and what survives is rounding noise that dominates
+    a clipped step, or overflows to inf for half-precision inputs. Features are cast to
+    float32 first, so ``eps`` = 1e-8 never underflows (it is 0 in float16: distance 0, log 0).
+
+    B = 1: no other row, so no neighbour. The loss is 0 with zero gradients (still attached to
+    ``x``, so ``backward`` works). A ValueError would crash a run whose per-process batch
+    (or last batch) holds one image, and DINOv2's self-neighbour gives a constant of ~18 that
+    only distorts the logged loss.
     """
     _check_matrix("x", x)
     if x.shape[0] == 0:
@@ -309,12 +357,17 @@ def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     with torch.autocast(device_type=x.device.type, enabled=False):
+        if x.shape[0] == 1:
+            return x.float().sum() * 0.0
         x = F.normalize(x.float(), p=2.0, dim=-1, eps=eps)
         with torch.no_grad():
             dots = x @ x.t()
             dots.fill_diagonal_(-math.inf)
             neighbour = dots.argmax(dim=1)
-        distance = torch.linalg.vector_norm(x - x[neighbour] + eps, ord=2, dim=-1)
+        difference = x - x[neighbour]
+        duplicate = difference.detach().abs().amax(dim=1) <= _DUPLICATE_GAP
+        distance = torch.linalg.vector_norm(difference + eps, ord=2, dim=-1)
+        distance = torch.where(duplicate, distance.detach(), distance)
         return -torch.log(distance + eps).mean()
 
 
