@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from raddino.data.datasets import IndexOptions, LabelPolicy, build_index
+from raddino.data.datasets.chexpert import CHEXPERT_LABELS
 from raddino.data.datasets.common import IndexTable
 from tests.data.datasets.conftest import link
 from tests.data.datasets.files import write_png, write_table
@@ -77,11 +78,42 @@ def test_views_and_frontal_filter(chexpert: IndexTable, subset_root: Path) -> No
     views = chexpert.column("view")
     assert views.count("LATERAL") == 32_387 + 1
     assert views.count("AP") == 161_590 + 1 and views.count("PA") == 29_420
-    assert views.count("FRONTAL") == 17  # frontal, AP/PA column says LL or RL
+    # Frontal rows whose AP/PA says LL (16) or RL (1) keep it; none has a blank AP/PA.
+    assert views.count("LL") == 16 and views.count("RL") == 1
+    assert "FRONTAL" not in views
     subset = build_index("chexpert", subset_root)
     frontal = build_index("chexpert", subset_root, IndexOptions(frontal_only=True))
     assert len(frontal) == len(subset) - subset.column("view").count("LATERAL") > 20_000
     assert "LATERAL" not in frontal.column("view")
+
+
+def test_recorded_projections_stay_and_only_ap_pa_or_unrecorded_pass_the_frontal_filter(
+    tmp_path: Path,
+) -> None:
+    # train.csv's real columns; the AP/PA values are those of the real file (LL and RL on
+    # frontal rows), plus a frontal row without one.
+    rows = [
+        ("patient00001", "Frontal", "AP"),
+        ("patient00002", "Frontal", "PA"),
+        ("patient00003", "Frontal", "LL"),
+        ("patient00004", "Frontal", "RL"),
+        ("patient00005", "Frontal", ""),
+        ("patient00006", "Lateral", ""),
+    ]
+    write_table(
+        tmp_path / "CheXpert-v1.0-small" / "train.csv",
+        ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS],
+        [
+            [f"CheXpert-v1.0-small/train/{patient}/study1/view1_{kind.lower()}.jpg", "Female",
+             60, kind, projection, "1.0", *[""] * (len(CHEXPERT_LABELS) - 1)]
+            for patient, kind, projection in rows
+        ],
+    )  # fmt: skip
+    table = build_index("chexpert", tmp_path)
+    assert table.column("view") == ["AP", "PA", "LL", "RL", "FRONTAL", "LATERAL"]
+    frontal = build_index("chexpert", tmp_path, IndexOptions(frontal_only=True))
+    assert frontal.column("view") == ["AP", "PA", "FRONTAL"]
+    assert frontal.column("patient_id") == ["patient00001", "patient00002", "patient00005"]
 
 
 def test_paths_resolve_against_the_chexpert_folder(chexpert: IndexTable) -> None:

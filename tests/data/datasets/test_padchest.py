@@ -56,7 +56,42 @@ def test_projections_become_views(padchest: IndexTable, raw_rows: list[dict[str,
     assert views["PA"] == raw["PA"] + raw["PA_horizontal"]
     assert views["AP"] == raw["AP"] + raw["AP_horizontal"]
     assert views["LATERAL"] == raw["L"]
-    assert views[""] == raw["EXCLUDE"] + raw["UNK"]
+    assert views["COSTAL"] == raw["COSTAL"] == 630
+    assert views["EXCLUDE"] == raw["EXCLUDE"] == 11 and views["UNK"] == raw["UNK"] == 8
+    assert views[""] == 0  # every row of the real table records a projection
+
+
+def test_excluded_and_unknown_projections_never_pass_the_frontal_filter(tmp_path: Path) -> None:
+    # The real table's 36 columns; the Projection values are the real file's, plus a blank one.
+    header = [
+        "", "ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth",
+        "PatientSex_DICOM", "ViewPosition_DICOM", "Projection", "MethodProjection", "Pediatric",
+        "Modality_DICOM", "Manufacturer_DICOM", "PhotometricInterpretation_DICOM",
+        "PixelRepresentation_DICOM", "PixelAspectRatio_DICOM", "SpatialResolution_DICOM",
+        "BitsStored_DICOM", "WindowCenter_DICOM", "WindowWidth_DICOM", "Rows_DICOM",
+        "Columns_DICOM", "XRayTubeCurrent_DICOM", "Exposure_DICOM", "ExposureInuAs_DICOM",
+        "ExposureTime", "RelativeXRayExposure_DICOM", "ReportID", "Report", "MethodLabel",
+        "Labels", "Localizations", "LabelsLocalizationsBySentence", "labelCUIS",
+        "LocalizationsCUIS",
+    ]  # fmt: skip
+    projections = ["PA", "AP_horizontal", "L", "COSTAL", "EXCLUDE", "UNK", ""]
+    rows = []
+    for i, projection in enumerate(projections):
+        row = dict.fromkeys(header, "")
+        row.update(
+            {"": i, "ImageID": f"image{i}.png", "ImageDir": "0", "StudyDate_DICOM": "20140915",
+             "StudyID": f"study{i}", "PatientID": f"patient{i}", "PatientBirth": "1930.0",
+             "PatientSex_DICOM": "F", "Projection": projection, "MethodLabel": "Physician",
+             "Labels": "['normal']"}
+        )  # fmt: skip
+        rows.append([row[name] for name in header])
+    write_table(tmp_path / CSV, header, rows)
+    table = build_index("padchest", tmp_path)
+    assert table.column("view") == ["PA", "AP", "LATERAL", "COSTAL", "EXCLUDE", "UNK", ""]
+    assert table.column("projection") == projections
+    frontal = build_index("padchest", tmp_path, IndexOptions(frontal_only=True))
+    assert frontal.column("image_id") == ["image0.png", "image1.png", "image6.png"]
+    assert "frontal only: dropped 4 non-frontal rows; kept 1 rows" in " ".join(frontal.notes)
 
 
 def test_label_lists_become_columns(padchest: IndexTable, raw_rows: list[dict[str, str]]) -> None:

@@ -8,6 +8,8 @@ Layout (either the full or the "small" download)::
 
 ``Path`` in the CSVs starts with the CheXpert folder's name. Labels: the 14 CheXpert
 observations, 1 / 0 / -1 (uncertain) / blank (not mentioned), mapped by the `LabelPolicy`.
+View: ``LATERAL``, or a frontal image's ``AP/PA`` as recorded (``AP``, ``PA``, ``LL``, ``RL``;
+``FRONTAL`` when blank), so ``--frontal-only`` keeps only AP, PA and unrecorded projections.
 Split: ``train.csv`` -> train, ``valid.csv`` -> val, ``test_labels.csv``/``test.csv`` -> test.
 """
 
@@ -117,10 +119,12 @@ def _image_path(folder: str, name: str, value: str) -> str:
 
 
 def _view(row: dict[str, str]) -> str:
+    """``LATERAL``; for frontal images the ``AP/PA`` field as recorded (``AP``, ``PA``, and the
+    ``LL`` / ``RL`` of 17 frontal rows in train.csv), ``FRONTAL`` only when it is blank."""
     kind = row.get("Frontal/Lateral", "").strip().lower()
     projection = row.get("AP/PA", "").strip().upper()
     if kind == "lateral":
         return "LATERAL"
     if kind == "frontal":
-        return projection if projection in ("AP", "PA") else "FRONTAL"
+        return projection or "FRONTAL"
     return projection

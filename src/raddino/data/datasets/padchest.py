@@ -9,7 +9,9 @@ Labels: ``Labels`` holds a Python-style list (``['pleural effusion', 'cardiomega
 distinct entry becomes a column (or only those of ``--set labels=a,b``), 1 when listed, 0 when
 not, unknown (NaN) for rows without a label list. PadChest has no uncertain labels.
 ``label_method`` says whether a physician or the RNN labelled the row. View: ``Projection``
-PA -> PA, AP and AP_horizontal -> AP, L -> LATERAL, COSTAL kept, EXCLUDE/UNK unknown.
+PA -> PA, AP and AP_horizontal -> AP, L -> LATERAL; COSTAL, EXCLUDE, UNK and any other value
+kept as recorded (upper case), so the curators' excluded and unknown images never count as
+frontal; blank -> unknown.
 Split: none official; patients are split train/val/test by hash.
 """
 
@@ -48,8 +50,8 @@ _VIEWS = {
     "AP": "AP",
     "AP_HORIZONTAL": "AP",
     "L": "LATERAL",
-    "COSTAL": "COSTAL",
 }
+"""Projections with a canonical view; every other value (COSTAL, EXCLUDE, UNK) stays as recorded."""
 _COLUMNS = ("ImageID", "ImageDir", "PatientID", "Projection", "Labels")
 
 
@@ -79,7 +81,7 @@ def index(root: Path, options: IndexOptions) -> IndexTable:
                 ),
                 "patient_id": patient,
                 "study_id": row.get("StudyID", "").strip(),
-                "view": _VIEWS.get(projection.upper(), ""),
+                "view": _VIEWS.get(projection.upper(), projection.upper()),
                 "projection": projection,
                 "age": _age(row.get("PatientBirth", ""), study_date),
                 "sex": normalise_sex(row.get("PatientSex_DICOM", "")),
