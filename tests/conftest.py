@@ -48,6 +48,14 @@ def small_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_hf_model(tmp_path_factory.mktemp("small_hf"), **SMALL_HF_CONFIG)
 
 
+def onednn_fuses_bf16() -> bool:
+    """oneDNN Graph has bf16 kernels to fuse on this CPU: AVX-512 or better (measured with
+    ONEDNN_MAX_CPU_ISA: AVX512_CORE fuses, AVX2 and AVX2_VNNI_2 fuse nothing and the engine
+    falls back to eager). Both CPUs the project runs on (Zen 4, Xeon with AMX) have it."""
+    check = getattr(torch.cpu, "_is_avx512_supported", None)
+    return bool(check is None or check())
+
+
 def synthetic_radiograph(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth grey uint8 image (H, W) with structure at several scales."""
     rng = np.random.default_rng(seed)

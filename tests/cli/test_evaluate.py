@@ -106,15 +106,80 @@ def test_probe_names_missing_columns_and_one_class_targets(small_hf_dir, cohort,
     assert "'one_class' has one class only in the test split" in capsys.readouterr().err
 
 
+def edited_cohort(cohort: Path, out: Path, edit) -> Path:
+    """A copy of the cohort's manifest (absolute paths) with ``edit(rows)`` applied."""
+    with cohort.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("path", "mask_disk"):
+            row[key] = str(cohort.parent / row[key])
+    edit(rows)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def test_probe_on_four_test_images_with_one_negative_says_so_everywhere(
+    small_hf_dir, cohort, tmp_path, capsys
+):
+    """The case that printed ``AUROC 0.000 [0.000, 0.000]`` and nothing else: 4 labelled test
+    images, 1 of them negative, 35 labelled training images for k up to 100."""
+
+    def edit(rows):
+        test = [row for row in rows if row["split"] == "test"]
+        for row in rows:
+            row["few"] = row["bright"] if row["split"] != "test" else ""
+        for row, label in zip(test[:4], ["0", "1", "1", "1"], strict=True):
+            row["few"] = label  # patients p24 (the negative and a positive) and p25
+
+    manifest = edited_cohort(cohort, tmp_path / "few.csv", edit)
+    out = tmp_path / "probe"
+    args = ["probe", "--model", str(small_hf_dir), "--manifest", str(manifest), "--out", str(out),
+            "--targets", "few", *COMMON]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    report = json.loads((out / "probe.json").read_text())
+    counts = report["protocols"]["linear"]["targets"]["few"]["counts"]
+    assert counts["test"] == {"known": 4, "positive": 3, "negative": 1}
+    assert counts["train"] == {"known": 35, "positive": 18, "negative": 17}
+    notes = report["notes"]
+    expected = [
+        "target 'few': 3 positives and 1 negative in the test split (fewer than 10 each)",
+        "target 'few': AUROC, AUPRC undefined in ",
+        "k-NN, target 'few': k = 50, 100 exceed the 35 training images with a known label and "
+        "were clamped to k = 35",
+    ]
+    markdown = (out / "probe.md").read_text()
+    assert "| few | 35 (18/17) | 12 (6/6) | 4 (3/1) |" in markdown
+    for start in expected:
+        [note] = [n for n in notes if n.startswith(start)]
+        assert f"- {note}" in markdown.split("Notes:")[1]
+        assert f"raddino probe: warning: {note}\n" in err
+    assert report["protocols"]["knn"]["targets"]["few"]["selected"]["k"] <= 35
+    warned = [line for line in err.splitlines() if line.startswith("raddino probe: warning: ")]
+    assert len(warned) == len(notes) == len(set(notes))  # each once, whatever the protocols
+
+
 def test_segment_linear_head(small_hf_dir, cohort, tmp_path, capsys):
     out = tmp_path / "segment"
     args = ["segment", "--model", str(small_hf_dir), "--manifest", str(cohort), "--out", str(out),
             "--masks", "disk", "--epochs", "3", "--lr", "1e-2", "--overlays", "1",
             *COMMON]  # fmt: skip
     assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "disk: Dice " in printed and "segment.md" in printed
-    assert json.loads((out / "segment.json").read_text())["metrics"]["disk"]["dice"]["value"] > 0
+    captured = capsys.readouterr()
+    assert "disk: Dice " in captured.out and "segment.md" in captured.out
+    report = json.loads((out / "segment.json").read_text())
+    assert report["metrics"]["disk"]["dice"]["value"] > 0
+    # 36/12/12 annotated images, all test images annotated: nothing to warn about
+    assert report["structure_counts"]["disk"] == {
+        "train": {"known": 36},
+        "val": {"known": 12},
+        "test": {"known": 12},
+    }
+    assert report["notes"] == [] and "warning" not in captured.err
+    assert "| disk | 36 | 12 | 12 |" in (out / "segment.md").read_text()
     assert len(list((out / "overlays").glob("*.png"))) == 1
 
 
@@ -127,12 +192,19 @@ def test_compare_makes_one_table_for_two_encoders(small_hf_dir, cohort, tmp_path
     assert main(args) == 0
     markdown = (out / "compare.md").read_text()
     headers = [line for line in markdown.splitlines() if line.startswith("| task |")]
-    assert headers == ["| task | target | metric | first | second |"]
+    assert headers == ["| task | target | n train, val, test | metric | first | second |"]
     table = [line for line in markdown.splitlines() if line.startswith("| linear |")]
     assert len(table) == 5  # bright: AUROC, AUPRC; age: MAE, R², Pearson r
     assert all("Δ" in line for line in table)
+    assert table[0].startswith("| linear | bright | 35 (18/17), 12 (6/6), 12 (6/6) | AUROC |")
+    assert table[2].startswith("| linear | age | 36, 12, 12 | MAE |")
     report = json.loads((out / "compare.json").read_text())
     assert report["reference"] == "first"
+    bright = report["rows"][0]
+    assert bright["counts"]["test"] == {"known": 12, "positive": 6, "negative": 6}
+    # the classes are 6/6 in test: said once for both encoders, not once per encoder
+    [note] = [n for n in report["notes"] if "test split" in n]
+    assert note.startswith("target 'bright': 6 positives and 6 negatives in the test split")
     for row in report["rows"]:
         assert set(row["values"]) == {"first", "second"}
         assert set(row["differences"]) == {"second"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from raddino.eval.caveats import EvaluationWarning
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.heads import build_head
 from raddino.eval.seg_data import FeatureMaps
@@ -75,11 +77,28 @@ def test_upernet_receives_four_distinct_blocks_at_four_scales(tiny_vit_dir, disk
 def test_segment_manifest_writes_report_and_overlays(tiny_vit_dir, disk_cohort, tmp_path):
     spec = EncoderSpec(str(tiny_vit_dir), image_size=112)
     config = SegmentConfig(epochs=5, lr=1e-2, n_resamples=200, overlays=2, progress=False)
-    report = segment_manifest(spec, disk_cohort, ["mask_disk"], tmp_path / "out", OPTIONS, config)
+    with pytest.warns(EvaluationWarning, match="4 annotated images in the val split"):
+        report = segment_manifest(
+            spec, disk_cohort, ["mask_disk"], tmp_path / "out", OPTIONS, config
+        )
     disk = report.metrics["disk"]
     assert disk["dice"].low <= disk["dice"].value <= disk["dice"].high
     assert report.counts["test_disk"] == 4 and len(report.history) == 5
-    assert (tmp_path / "out" / "segment.md").read_text().count("| disk |") == 1
+    assert report.structure_counts == {
+        "disk": {"train": {"known": 16}, "val": {"known": 4}, "test": {"known": 4}}
+    }
+    # 16/4/4 images: val and test are thin, train is not; every test image is annotated, so no
+    # resample lacks one and none is undefined
+    assert [note.split(";")[0] for note in report.notes] == [
+        "structure 'disk': 4 annotated images in the val split (fewer than 10)",
+        "structure 'disk': 4 annotated images in the test split (fewer than 10)",
+    ]
+    markdown = (tmp_path / "out" / "segment.md").read_text()
+    assert markdown.count("| disk | 16 | 4 | 4 |") == 1
+    assert all(f"- {note}" in markdown for note in report.notes)
+    saved = json.loads((tmp_path / "out" / "segment.json").read_text())
+    assert saved["notes"] == report.notes
+    assert saved["structure_counts"] == report.structure_counts
     assert (tmp_path / "out" / "head.safetensors").exists()
     overlays = sorted((tmp_path / "out" / "overlays").glob("*.png"))
     assert len(overlays) == 2 and Image.open(overlays[0]).size == (112, 112)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from raddino.features import (
     StoreSummary,
     load_features,
 )
+from raddino.output_lock import OutputInUseError, OutputLock
 
 META = {"model": "rad-dino", "dtype": "float32", "image_size": 64, "layers": [3, 7]}
 D, H, W = 6, 2, 3
@@ -317,7 +319,7 @@ def test_reopened_writer_keeps_the_key_set_of_existing_shards(tmp_path):
     arrays = make_arrays(2, seed=6)
     w = FeatureStoreWriter(tmp_path / "s", META)
     w.add(["a"], take(arrays, slice(0, 1)))
-    w.flush()
+    w.close()
     w = FeatureStoreWriter(tmp_path / "s", META)
     with pytest.raises(ValueError, match="keys"):
         w.add(["b"], {"cls": arrays["cls"][1:]})
@@ -347,3 +349,39 @@ def test_writer_copies_rows_so_callers_may_reuse_their_buffers(tmp_path):
     assert w.done == {"a", "b"}  # flushed on leaving the block
     w.finalize(["a", "b"])
     np.testing.assert_array_equal(load_features(tmp_path / "s").cls, np.ones((2, D)))
+
+
+def test_a_second_writer_is_refused_while_the_first_is_open(tmp_path):
+    arrays = make_arrays(2, seed=8)
+    first = FeatureStoreWriter(tmp_path / "s", META)
+    first.add(["a"], take(arrays, slice(0, 1)))
+    with pytest.raises(OutputInUseError, match=f"pid {os.getpid()} on"):
+        FeatureStoreWriter(tmp_path / "s", META)
+    first.finalize(["a"])  # releases the store
+    second = FeatureStoreWriter(tmp_path / "s", META)
+    second.add(["b"], take(arrays, slice(1, 2)))
+    second.finalize(["a", "b"])
+    np.testing.assert_array_equal(load_features(tmp_path / "s").cls, arrays["cls"])
+
+
+def test_a_refused_writer_touches_nothing_not_even_a_killed_runs_leftovers(tmp_path):
+    store = tmp_path / "s"
+    arrays = make_arrays(1, seed=9)
+    with FeatureStoreWriter(store, META) as w:
+        w.add(["a"], arrays)
+    leftover = store / "shards" / ".tmp-00001"
+    leftover.mkdir()  # a shard being written by the holder
+    before = sorted(str(p.relative_to(store)) for p in store.rglob("*"))
+    with OutputLock(store), pytest.raises(OutputInUseError):
+        FeatureStoreWriter(store, META)
+    assert leftover.is_dir()
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
+
+
+def test_a_closed_writer_takes_no_more_rows_and_a_missing_index_says_unfinished(tmp_path):
+    w = FeatureStoreWriter(tmp_path / "s", META)
+    w.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        w.add(["a"], make_arrays(1, seed=10))
+    with pytest.raises(FileNotFoundError, match="not finished"):
+        load_features(tmp_path / "s")

@@ -166,7 +166,12 @@ def free_port() -> int:
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     pretrain_images: Path, tmp_path: Path, strategy: str
 ):
-    common = ("train.steps=3", "train.checkpoint_every=2", "model.drop_path_rate=0")
+    # KoLeo finds nearest neighbours within each process's batch (as DINOv2 does): its gradient
+    # depends on how the global batch is split, and with it every step after the first update
+    # (loss.koleo_weight=0.1 moved iBOT by 8e-5 relative at step 2, on every CPU measured).
+    # Without it the two runs are the same arithmetic in another order of float sums.
+    common = ("train.steps=3", "train.checkpoint_every=2", "model.drop_path_rate=0",
+              "loss.koleo_weight=0")  # fmt: skip
     single = tmp_path / "single"
     subprocess.run(cli_command(pretrain_images, single, *common, "train.batch_size=8"),
                    env=subprocess_env(), check=True, capture_output=True)  # fmt: skip
@@ -182,13 +187,13 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     one, two = read_metrics(single), read_metrics(pair)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2]
     for a, b in zip(one, two, strict=True):
-        # same images, crops and masks: DINO and iBOT agree up to the order of float sums
-        for name in ("dino_local", "dino_global", "ibot"):
-            assert a[name] == pytest.approx(b[name], rel=1e-4), (a["step"], name)
-        without_koleo = [r["loss"] - 0.1 * r["koleo"] for r in (a, b)]
-        assert without_koleo[0] == pytest.approx(without_koleo[1], rel=1e-4)
-        # KoLeo looks for nearest neighbours within each process's batch (as DINOv2 does),
-        # so its value depends on how the global batch is split
+        # Same images, crops and masks: the fp32 losses agree up to the order of float sums
+        # (measured <= 2e-7 relative at steps 0-2 on AMX, AVX512-BF16 and AVX2 kernels). 1e-5
+        # leaves room for other kernels and still fails on a wrong shard or on a gradient that
+        # depends on the split, as KoLeo's does (8e-5 at step 2).
+        for name in ("loss", "dino_local", "dino_global", "ibot"):
+            assert a[name] == pytest.approx(b[name], rel=1e-5), (a["step"], name)
+        # The KoLeo value (logged, not trained on) depends on the split: 3-6 % measured.
         assert a["koleo"] == pytest.approx(b["koleo"], rel=0.15)
     if strategy == "fsdp":  # redo the last step from the sharded checkpoint of step 2
         (pair / "checkpoints" / "step_0000003.pt").unlink()

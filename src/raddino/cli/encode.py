@@ -102,7 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from raddino.data.manifest import collect_inputs
-    from raddino.features.encode import EncodeOptions, check_device, encode_to_store
+    from raddino.devices import check_device
+    from raddino.features.encode import EncodeOptions, encode_to_store
     from raddino.models.encoder import RadDino
     from raddino.models.modes import choose_dtype, probe_hardware, short_name
 
@@ -139,5 +140,12 @@ def run(args: argparse.Namespace) -> int:
         f"encoded {summary.encoded} of {len(paths)} images, rejected {summary.rejected}"
         + (f" (listed in {args.out}/rejects.csv)" if summary.rejected else "")
     )
+    if summary.missing:  # neither encoded nor rejected: the store does not cover the inputs
+        print(
+            f"raddino encode: error: {summary.missing} of {len(paths)} images are neither "
+            f"encoded nor rejected in {args.out}; re-run the same command to complete it",
+            file=sys.stderr,
+        )
+        return 1
     print(f"features store: {args.out}")
     return 0 if summary.encoded > 0 else 1

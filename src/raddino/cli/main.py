@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import warnings
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, so data-loader worker
 # processes get the cores while the model waits (on 2 cores spinning starved them 10x).
@@ -68,10 +70,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            show_evaluation_warnings(args.command)
+            if getattr(args, "device", None) is not None:
+                from raddino.devices import check_device
+
+                check_device(args.device)  # every --device, before any work
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to continue", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as error:
         print(f"raddino {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a read-only folder: one line, not a traceback
+        print(f"raddino {args.command}: error: {os_error_message(error)}", file=sys.stderr)
+        return 1
+
+
+def os_error_message(error: OSError) -> str:
+    """``str(error)``, and for a full disk what to do next (the commands resume)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{error}; free some space, then re-run the same command to continue"
+    return str(error)
+
+
+def show_evaluation_warnings(command: str) -> None:
+    """Print each evaluation caveat once, as one ``raddino COMMAND: warning: ...`` line on stderr
+    (inside ``warnings.catch_warnings``, which restores the defaults afterwards)."""
+    from raddino.eval.caveats import EvaluationWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, EvaluationWarning):
+            print(f"raddino {command}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.simplefilter("default", EvaluationWarning)
+    warnings.showwarning = show

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     paths = []
     for item in args.images:
         paths.extend(scan_folder(Path(item)) if Path(item).is_dir() else [item])
-    from raddino.features.encode import check_device
+    from raddino.devices import check_device
 
     device = check_device(args.device)
     model = RadDino.from_pretrained(args.model, device=device)

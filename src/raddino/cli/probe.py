@@ -6,7 +6,6 @@ Also holds the options that ``probe``, ``segment`` and ``compare`` share.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "linear / k-NN probes of manifest columns (findings, sex, age, BMI) on frozen features"
@@ -26,7 +25,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every evaluation command takes: data, output, device, encoding, bootstrap."""
     parser.add_argument("--manifest", required=True, help="manifest CSV (path, split, labels...)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument(
+        "--device", default="cpu", help="auto, cpu, cuda, cuda:1, ... (default: cpu)"
+    )
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -155,8 +156,6 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
     )
     print(probe_tables(report.results))
-    for note in report.notes:
-        print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     print(f"probe report: {out / 'probe.md'} (also probe.json, predictions.csv)")
     return 0

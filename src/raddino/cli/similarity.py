@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     from raddino.atomic import write_bytes_atomic
     from raddino.data.io import ImageReadError
-    from raddino.features.encode import check_device
+    from raddino.devices import check_device
     from raddino.models.encoder import RadDino
     from raddino.viz.similarity import (
         PointOutsideError,

@@ -334,7 +334,9 @@ def _dicom_pixels(name: str, dataset: FileDataset, max_pixels: int) -> np.ndarra
         values = np.asarray(values, dtype=np.float32)
         _check_finite(name, values)
         if photometric == "MONOCHROME1":
-            values = values.max() + values.min() - values
+            # in float64: max + min can pass float32's limit, the inverted values cannot
+            high, low = np.float64(values.max()), np.float64(values.min())
+            values = (high + low - values.astype(np.float64)).astype(np.float32)
     else:
         if pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise CorruptImageError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import functools
 import hashlib
 import io
@@ -38,6 +39,7 @@ import numpy as np
 from raddino.data.datasets.common import csv_bytes, write_atomic
 from raddino.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, to_uint8
 from raddino.data.manifest import ManifestError, read_manifest, resolve_manifest_path
+from raddino.output_lock import OutputLock, is_lock_file
 
 __all__ = [
     "PrepareMismatchError",
@@ -264,38 +266,44 @@ def prepare_manifest(
     sources = list(dict.fromkeys(os.path.normpath(os.path.abspath(r["path"])) for r in rows))
     outputs = output_names(sources, manifest.parent.absolute())
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, options)
-    log = _ProgressLog(out_dir / _LOG_FILE)
-    done, rejected = log.read()
-    todo = []
-    skipped = 0
-    for source in sources:
-        if source in rejected and source not in done:
-            continue
-        record = done.get(source)
-        if record and record["output"] == outputs[source] and (out_dir / outputs[source]).is_file():
-            skipped += 1
-            continue
-        todo.append(source)
+    with OutputLock(out_dir):  # one writer per folder, taken before anything is written
+        _check_settings(out_dir, options)
+        log = _ProgressLog(out_dir / _LOG_FILE)
+        done, rejected = log.read()
+        todo = []
+        skipped = 0
+        for source in sources:
+            if source in rejected and source not in done:
+                continue
+            record = done.get(source)
+            if (
+                record
+                and record["output"] == outputs[source]
+                and (out_dir / outputs[source]).is_file()
+            ):
+                skipped += 1
+                continue
+            todo.append(source)
 
-    prepared = 0
-    with log:
-        for result in _run(todo, outputs, out_dir, options):
-            log.append(result)
-            if "rejected" in result:
-                rejected[result["source"]] = result["rejected"]
-                done.pop(result["source"], None)
-            else:
-                done[result["source"]] = result
-                rejected.pop(result["source"], None)
-                prepared += 1
+        prepared = 0
+        with log:
+            for result in _run(todo, outputs, out_dir, options):
+                log.append(result)
+                if "rejected" in result:
+                    rejected[result["source"]] = result["rejected"]
+                    done.pop(result["source"], None)
+                else:
+                    done[result["source"]] = result
+                    rejected.pop(result["source"], None)
+                    prepared += 1
 
-    rejects_path = out_dir / _REJECTS_FILE
-    listed = [s for s in sources if s in rejected and s not in done]
-    write_atomic(rejects_path, csv_bytes(["path", "reason"], ([s, rejected[s]] for s in listed)))
-    manifest_path = out_dir / _MANIFEST_FILE
-    write_atomic(manifest_path, _new_manifest(manifest, header, rows, done, out_dir))
+        rejects_path = out_dir / _REJECTS_FILE
+        listed = [s for s in sources if s in rejected and s not in done]
+        write_atomic(
+            rejects_path, csv_bytes(["path", "reason"], ([s, rejected[s]] for s in listed))
+        )
+        manifest_path = out_dir / _MANIFEST_FILE
+        write_atomic(manifest_path, _new_manifest(manifest, header, rows, done, out_dir))
     return PrepareSummary(
         images=len(sources),
         prepared=prepared,
@@ -357,7 +365,7 @@ def _check_settings(out_dir: Path, options: PrepareOptions) -> None:
     }
     path = out_dir / _SETTINGS_FILE
     if not path.exists():
-        if any(out_dir.iterdir()):
+        if any(not is_lock_file(p) for p in out_dir.iterdir()):
             raise PrepareMismatchError(
                 f"{out_dir}: folder is not empty and has no {_SETTINGS_FILE}; choose an empty "
                 "or a previously prepared folder"
@@ -427,7 +435,7 @@ class _ProgressLog:
 
 
 def _task(job: tuple[str, str, int, int, int]) -> dict:
-    """Worker: prepare one image; never raises (failures become a ``rejected`` record)."""
+    """Worker: prepare one image; failures become a ``rejected`` record, except a full disk."""
     source, destination, shorter_side, compress_level, max_pixels = job
     try:
         (sh, sw), (h, w) = prepare_file(
@@ -438,6 +446,8 @@ def _task(job: tuple[str, str, int, int, int]) -> dict:
             max_pixels=max_pixels,
         )
     except Exception as error:  # one bad file must not stop a run over 100k images
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # a full disk is not the image's fault: stop, and redo it on the rerun
         reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
         return {"source": source, "rejected": str(reason)}
     return {"source": source, "source_size": [sh, sw], "size": [h, w]}

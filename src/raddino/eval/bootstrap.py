@@ -34,6 +34,11 @@ class Estimate:
         """Whether ``value`` lies outside the interval."""
         return bool(self.low > value or self.high < value)
 
+    @property
+    def undefined(self) -> int:
+        """Resamples in which the metric is undefined (NaN): left out of the interval."""
+        return int(np.count_nonzero(~np.isfinite(self.samples)))
+
 
 def _num(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from raddino.devices import check_device
 from raddino.eval.bootstrap import Estimate, percentile_interval
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.features import encode_for_eval, pooled_request
+from raddino.eval.pixels import check_pixel_specs
 from raddino.eval.probe import ProbeConfig
 from raddino.eval.probe_report import ProbeReport, load_probe_inputs, probe_encoded
 from raddino.eval.probe_report import write_probe_report as _write_probe
@@ -30,8 +32,10 @@ from raddino.eval.segment_report import (
     segment_request,
     write_segment_report,
 )
+from raddino.eval.splits import SPLITS
 from raddino.eval.tables import (
     METRIC_NAMES,
+    format_counts,
     format_estimate,
     format_number,
     interval_note,
@@ -40,7 +44,9 @@ from raddino.eval.tables import (
     write_text,
 )
 from raddino.eval.targets import TargetKind
-from raddino.features.encode import EncodeOptions, check_device
+from raddino.features.encode import EncodeOptions
+
+COUNTS_HEADER = "n train, val, test"
 
 
 @dataclass
@@ -52,12 +58,14 @@ class ComparisonRow:
     metric: str
     values: dict[str, Estimate]
     differences: dict[str, Estimate] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] | None = None  # split -> images (and classes); per target
 
     def to_dict(self) -> dict:
         return {
             "task": self.task,
             "target": self.target,
             "metric": self.metric,
+            "counts": self.counts,
             "values": self.values,
             "differences": {
                 label: {**d.to_dict(), "significant": d.excludes(0.0)}
@@ -104,9 +112,11 @@ def paired_row(
     estimates: list[Estimate],
     labels: list[str],
     level: float = 0.95,
+    counts: dict[str, dict[str, int]] | None = None,
 ) -> ComparisonRow:
     """A table row; each difference from the reference (the first) resample by resample."""
-    row = ComparisonRow(task, target, metric, dict(zip(labels, estimates, strict=True)))
+    values = dict(zip(labels, estimates, strict=True))
+    row = ComparisonRow(task, target, metric, values, counts=counts)
     reference = estimates[0]
     for label, estimate in zip(labels[1:], estimates[1:], strict=True):
         if estimate.samples.shape != reference.samples.shape:
@@ -123,7 +133,9 @@ def probe_rows(reports: list[ProbeReport], labels: list[str], level: float) -> l
         for name, target in first.targets.items():
             for metric in target.metrics:
                 estimates = [r.results[protocol].targets[name].metrics[metric] for r in reports]
-                rows.append(paired_row(protocol, name, metric, estimates, labels, level))
+                rows.append(
+                    paired_row(protocol, name, metric, estimates, labels, level, target.counts)
+                )
         if len([t for t in first.targets.values() if t.kind == "binary"]) > 1:
             for metric in first.macro:
                 estimates = [r.results[protocol].macro[metric] for r in reports]
@@ -142,7 +154,8 @@ def segment_rows(
             estimates = [
                 r.mean[metric] if name == "mean" else r.metrics[name][metric] for r in reports
             ]
-            rows.append(paired_row(task, name, metric, estimates, labels, level))
+            counts = reports[0].structure_counts.get(name)
+            rows.append(paired_row(task, name, metric, estimates, labels, level, counts))
     return rows
 
 
@@ -150,7 +163,8 @@ def compare_markdown(report: CompareReport) -> str:
     labels = [e["label"] for e in report.encoders]
     table = []
     for row in report.rows:
-        cells = [row.task, row.target, METRIC_NAMES.get(row.metric, row.metric)]
+        counts = ", ".join(format_counts(row.counts[s]) for s in SPLITS) if row.counts else ""
+        cells = [row.task, row.target, counts, METRIC_NAMES.get(row.metric, row.metric)]
         for label in labels:
             cell = format_estimate(row.values[label])
             if label in row.differences:
@@ -167,10 +181,11 @@ def compare_markdown(report: CompareReport) -> str:
         "",
         f"Each cell: test metric [{report.level:.0%} CI]. Δ: difference from the reference "
         f"**{report.reference}**; * marks a difference whose paired-bootstrap {report.level:.0%} "
-        "interval excludes 0 (same images, same patient resamples for every encoder).",
+        "interval excludes 0 (same images, same patient resamples for every encoder). "
+        f"{COUNTS_HEADER}: images per split (positive/negative for binary targets).",
         interval_note(report.n_resamples, report.level),
         "",
-        markdown_table(["task", "target", "metric", *labels], table),
+        markdown_table(["task", "target", COUNTS_HEADER, "metric", *labels], table),
     ]
     if report.notes:
         lines += ["", "Notes:", *(f"- {note}" for note in report.notes)]
@@ -193,7 +208,9 @@ def compare_encoders(
     """Probe (``target_specs``) and/or segment (``structures``) with every encoder; write
     ``compare.md`` / ``compare.json`` and each encoder's own reports in a sub-directory."""
     if len(specs) < 2:
-        raise ValueError("compare needs at least two encoders (or one and --random-baseline)")
+        raise ValueError(
+            "compare needs at least two encoders (or one and --random-baseline/--pixel-baseline)"
+        )
     if not target_specs and not structures:
         raise ValueError("nothing to compare: give --targets and/or --masks")
     check_device(options.device)
@@ -204,6 +221,7 @@ def compare_encoders(
     segment_config = segment_config or SegmentConfig()
     check_device(probe_config.device)
     check_device(segment_config.device)
+    check_pixel_specs(specs, segment_config if structures else None)  # before any encoding
     rows: list[ComparisonRow] = []
     notes: list[str] = []
     level, n_resamples = probe_config.level, probe_config.n_resamples
@@ -233,7 +251,7 @@ def compare_encoders(
             _write_probe(report, out / encoder_dir_name(label))
             reports.append(report)
         rows += probe_rows(reports, labels, probe_config.level)
-        notes += reports[0].notes
+        notes += merged_notes(labels, [r.notes for r in reports])
     if structures:
         valid = np.logical_and.reduce([p[0].valid for p in prepared])
         used = np.flatnonzero(valid & (seg_inputs.splits.split != ""))
@@ -254,14 +272,24 @@ def compare_encoders(
             write_segment_report(report, out / encoder_dir_name(label) / "segment")
             seg_reports.append(report)
         rows += segment_rows(seg_reports, labels, segment_config.level)
+        notes += merged_notes(labels, [r.notes for r in seg_reports])
         if not target_specs:
             level, n_resamples = segment_config.level, segment_config.n_resamples
-            notes += seg_reports[0].notes
     encoders = [{**s.describe(), "label": label} for s, label in zip(specs, labels, strict=True)]
     report = CompareReport(encoders, rows, n_resamples, level, list(dict.fromkeys(notes)))
     write_json(out / "compare.json", report.to_dict())
     write_text(out / "compare.md", compare_markdown(report))
     return report
+
+
+def merged_notes(labels: list[str], notes: list[list[str]]) -> list[str]:
+    """Every encoder's notes once: as they are when all encoders share them (data, resamples),
+    prefixed by the encoder's label when not (e.g. a strength at the edge of its grid)."""
+    shared = set(notes[0]).intersection(*notes[1:])
+    merged = [note for note in notes[0] if note in shared]
+    for label, own in zip(labels, notes, strict=True):
+        merged += [f"{label}: {note}" for note in own if note not in shared]
+    return merged
 
 
 def _random_note(encoder: dict) -> str:

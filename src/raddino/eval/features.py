@@ -1,9 +1,10 @@
 """Features once: encode a manifest's images into a cached features store, aligned with its rows.
 
 The store lives in ``cache_root/<encoder label>-<key>``, where the key hashes the encoder's
-fingerprint (weights, random seed, image size) and the storage settings (patch tokens, layers,
-precision). Running an evaluation again, or another evaluation needing the same features, reads
-the store instead of encoding; new images are added to it (the store is resumable).
+fingerprint (weights, random seed, image size; for the pixel baseline its side, processor and
+patch size) and the storage settings (patch tokens, layers, precision). Running an evaluation
+again, or another evaluation needing the same features, reads the store instead of encoding; new
+images are added to it (the store is resumable).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raddino.devices import check_device
 from raddino.eval.encoders import EncoderSpec
+from raddino.eval.pixels import PixelEncoder, encode_pixels_to_store
 from raddino.features.encode import (
     EncodeOptions,
     PatchMode,
@@ -58,7 +61,10 @@ def store_directory(
     cache_root: str | Path, spec: EncoderSpec, request: FeatureRequest, options: EncodeOptions
 ) -> Path:
     """The cache directory for this encoder and these settings."""
-    dtype = resolve_dtype(options.dtype, torch.device(options.device))
+    if spec.pixels:  # computed on the CPU in float32 whatever the options say
+        dtype = torch.float32
+    else:
+        dtype = resolve_dtype(options.dtype, check_device(options.device))
     key = {
         "encoder": spec.fingerprint(),
         "patch_tokens": request.patch_tokens,
@@ -85,7 +91,7 @@ def encode_for_eval(
     cache_root: str | Path,
     request: FeatureRequest,
     options: EncodeOptions,
-    model: RadDino | None = None,
+    model: RadDino | PixelEncoder | None = None,
 ) -> EncodedRows:
     """Features of ``paths`` (manifest rows), encoding only what the cache lacks.
 
@@ -101,7 +107,10 @@ def encode_for_eval(
         encoder = model if model is not None else spec.load()
         print(f"encoding {len(wanted)} images with {spec.label} into {store}", file=sys.stderr)
         run = replace(options, patch_tokens=request.patch_tokens, layers=tuple(request.layers))
-        encode_to_store(encoder, wanted, store, run, model_id=spec.fingerprint())
+        if isinstance(encoder, PixelEncoder):
+            encode_pixels_to_store(encoder, wanted, store, run, model_id=spec.fingerprint())
+        else:
+            encode_to_store(encoder, wanted, store, run, model_id=spec.fingerprint())
         features = load_features(store)
     position = {path: i for i, path in enumerate(features.paths)}
     rejects = {path: reason for path, reason in features.rejects}

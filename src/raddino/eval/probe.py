@@ -3,8 +3,11 @@
 Protocol (the paper's, after DINOv2's linear evaluation): features are fixed; binary targets are
 fitted by class-balanced logistic regression and continuous ones by ridge regression, the L2
 strength of each target chosen on the validation split, then refitted on train + validation;
-the weighted k-NN classifier is a second protocol with k chosen the same way. Metrics on the
-test split come with patient-level bootstrap intervals (:mod:`raddino.eval.bootstrap`).
+the weighted k-NN classifier is a second protocol with k chosen the same way (k clamped to the
+labelled training images). Metrics on the test split come with patient-level bootstrap
+intervals (:mod:`raddino.eval.bootstrap`). What makes a result fragile (few cases of a class,
+undefined resamples, a clamped k, a strength at the edge of its grid) is returned as notes and
+raised as warnings (:mod:`raddino.eval.caveats`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from raddino.eval import knn, logistic, ridge
+from raddino.devices import check_device
+from raddino.eval import caveats, knn, logistic, ridge
 from raddino.eval.bootstrap import Estimate, PatientBootstrap, mean_of
 from raddino.eval.metrics import BINARY_METRICS, CONTINUOUS_METRICS, auroc, r2_score
-from raddino.eval.splits import Splits
+from raddino.eval.splits import SPLITS, Splits
 from raddino.eval.targets import Target
 from raddino.eval.threads import DEFAULT_CPU_THREADS, cpu_threads
 
@@ -70,24 +74,43 @@ class TargetResult:
 
 @dataclass
 class ProtocolResult:
-    """All targets under one protocol; ``macro`` averages the binary targets."""
+    """All targets under one protocol; ``macro`` averages the binary targets; ``notes`` are the
+    caveats of its results (:mod:`raddino.eval.caveats`)."""
 
     protocol: str
     targets: dict[str, TargetResult]
     macro: dict[str, Estimate]
+    notes: list[str] = field(default_factory=list)
 
 
 def split_counts(target: Target, splits: Splits) -> dict[str, dict[str, int]]:
-    """split -> {"known": n, "positive": n} (positives for binary targets only)."""
+    """split -> {"known": n, "positive": n, "negative": n} (the classes for binary targets only)."""
     counts = {}
-    for name in ("train", "val", "test"):
+    for name in SPLITS:
         values = target.values[splits.split == name]
         values = values[~np.isnan(values)]
         entry = {"known": int(values.size)}
         if target.kind == "binary":
             entry["positive"] = int((values > 0.5).sum())
+            entry["negative"] = entry["known"] - entry["positive"]
         counts[name] = entry
     return counts
+
+
+def few_case_notes(target: Target, counts: dict[str, dict[str, int]]) -> list[str]:
+    """Caveats for the classes (binary) or known values (continuous) with few cases in a split."""
+    keys = (
+        {"positive": "positive", "negative": "negative"}
+        if target.kind == "binary"
+        else {"image with a known value": "known"}
+    )
+    notes = [
+        caveats.few_cases(
+            f"target {target.name!r}", split, {noun: counts[split][k] for noun, k in keys.items()}
+        )
+        for split in SPLITS
+    ]
+    return [note for note in notes if note]
 
 
 def check_targets(targets: list[Target], splits: Splits) -> None:
@@ -183,7 +206,11 @@ def fit_linear_protocol(
 def fit_knn_protocol(
     x: torch.Tensor, targets: list[Target], splits: Splits, config: ProbeConfig
 ) -> tuple[np.ndarray, list[dict[str, float]]]:
-    """Test scores (n_test, T) and the chosen k of the weighted k-NN probe."""
+    """Test scores (n_test, T) and the chosen k of the weighted k-NN probe.
+
+    A k larger than a target's labelled training images is clamped to their number: that is
+    the k used, and the one reported (:func:`selection_notes` says so).
+    """
     train, val, test = (splits.indices(s) for s in ("train", "val", "test"))
     fit_rows = np.concatenate([train, val])
     normed = knn.normalise(x, x[fit_rows].mean(0))
@@ -194,11 +221,13 @@ def fit_knn_protocol(
     ks = sorted(by_k)
     chosen, hypers = [], []
     for i, target in enumerate(targets):
+        # knn_scores clips k to the known bank, so every k above it scores as the clamped k
         metric = np.array([_selection_score(target, val, by_k[k][:, i].numpy()) for k in ks])
         best = _best(metric)
-        chosen.append(ks[best])
+        k = min(ks[best], int((~np.isnan(target.values[train])).sum()))
+        chosen.append(k)
         name = "val_auroc" if target.kind == "binary" else "val_r2"
-        hypers.append({"k": float(ks[best]), name: float(metric[best])})
+        hypers.append({"k": float(k), name: float(metric[best])})
     final = knn.knn_scores(
         normed[fit_rows], labels[fit_rows], normed[test], sorted(set(chosen)), config.temperature
     )
@@ -225,18 +254,37 @@ def evaluate_target(
     )
 
 
+def selection_notes(protocol: str, target: TargetResult, config: ProbeConfig) -> list[str]:
+    """Caveats on the chosen hyper-parameter: a strength at the edge of its grid (linear), k
+    values clamped to the labelled training images (k-NN)."""
+    hyper = target.hyper
+    if protocol == "knn":
+        available = target.counts["train"]["known"]
+        over = [k for k in sorted(set(config.ks)) if k > available]
+        subject = f"k-NN, target {target.name!r}"
+        return [caveats.k_clamped(subject, over, available, int(hyper["k"]))] if over else []
+    subject = f"linear probe, target {target.name!r}"
+    notes = [
+        caveats.at_grid_edge(subject, "lambda", hyper["lambda"], config.lambdas)
+        if "lambda" in hyper
+        else caveats.at_grid_edge(subject, "alpha", hyper["alpha"], config.alphas)
+    ]
+    return [note for note in notes if note]
+
+
 def run_probe(
     features: np.ndarray, targets: list[Target], splits: Splits, config: ProbeConfig
 ) -> tuple[dict[str, ProtocolResult], PatientBootstrap]:
     """Probe ``features`` (N, F) for every target (values (N,)) under each protocol.
 
     Returns protocol -> results, and the bootstrap over the test images (shared by all targets,
-    protocols and, with the same seed and rows, encoders).
+    protocols and, with the same seed and rows, encoders). Each protocol's caveats are in its
+    ``notes`` and raised once as :class:`~raddino.eval.caveats.EvaluationWarning`.
     """
     if features.shape[0] != len(splits.split):
         raise ValueError(f"features have {features.shape[0]} rows, splits {len(splits.split)}")
     check_targets(targets, splits)
-    device = torch.device(config.device)
+    device = check_device(config.device)
     x = torch.as_tensor(np.asarray(features, np.float32), device=device)
     fit_rows = np.concatenate([splits.indices("train"), splits.indices("val")])
     mean = x[fit_rows].mean(0)
@@ -244,6 +292,7 @@ def run_probe(
     bootstrap = PatientBootstrap(
         splits.groups[splits.indices("test")], config.n_resamples, config.seed, config.level
     )
+    few = [note for t in targets for note in few_case_notes(t, split_counts(t, splits))]
     results: dict[str, ProtocolResult] = {}
     for protocol in config.protocols:
         with cpu_threads(config.cpu_threads, device):
@@ -261,5 +310,14 @@ def run_probe(
             if binary
             else {}
         )
-        results[protocol] = ProtocolResult(protocol, per_target, macro)
+        notes = list(few)
+        for result in per_target.values():
+            notes += selection_notes(protocol, result, config)
+            subject = f"target {result.name!r}"
+            why = caveats.BOTH_CLASSES if result.kind == "binary" else caveats.NO_VARIANCE
+            notes += caveats.undefined_resamples(subject, result.metrics, config.n_resamples, why)
+        if len(binary) > 1:  # one binary target: its macro is itself
+            notes += caveats.undefined_resamples("macro average", macro, config.n_resamples)
+        results[protocol] = ProtocolResult(protocol, per_target, macro, notes)
+    caveats.warn(note for result in results.values() for note in result.notes)
     return results, bootstrap

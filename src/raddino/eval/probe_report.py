@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from raddino.data.manifest import read_manifest
+from raddino.devices import check_device
+from raddino.eval import caveats
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.features import (
     EncodedRows,
@@ -19,10 +21,11 @@ from raddino.eval.features import (
     pooled_request,
 )
 from raddino.eval.probe import ProbeConfig, ProtocolResult, check_targets, run_probe
-from raddino.eval.splits import Splits, make_splits
+from raddino.eval.splits import SPLITS, Splits, make_splits
 from raddino.eval.tables import (
     METRIC_NAMES,
     PROTOCOL_NAMES,
+    format_counts,
     format_estimate,
     format_hyper,
     interval_note,
@@ -31,7 +34,7 @@ from raddino.eval.tables import (
     write_text,
 )
 from raddino.eval.targets import Target, TargetKind, read_targets
-from raddino.features.encode import EncodeOptions, check_device
+from raddino.features.encode import EncodeOptions
 
 
 @dataclass
@@ -115,7 +118,8 @@ class ProbeReport:
 
 
 def probe_tables(results: dict[str, ProtocolResult]) -> str:
-    """One Markdown section per protocol: a classification table and a regression table."""
+    """One Markdown section per protocol: a classification table and a regression table, each
+    target with its images per split (and positives/negatives for binary targets)."""
     parts: list[str] = []
     for name, result in results.items():
         parts.append(f"## {PROTOCOL_NAMES.get(name, name)}")
@@ -125,7 +129,7 @@ def probe_tables(results: dict[str, ProtocolResult]) -> str:
             rows = [
                 [
                     t.name + (f" (= {t.positive})" if t.positive not in ("", "1") else ""),
-                    f"{t.counts['test']['known']} ({t.counts['test']['positive']})",
+                    *(format_counts(t.counts[split]) for split in SPLITS),
                     format_estimate(t.metrics["auroc"]),
                     format_estimate(t.metrics["auprc"]),
                     format_hyper(t.hyper),
@@ -136,24 +140,25 @@ def probe_tables(results: dict[str, ProtocolResult]) -> str:
                 rows.append(
                     [
                         "**macro**",
-                        "",
+                        *([""] * len(SPLITS)),
                         format_estimate(result.macro["auroc"]),
                         format_estimate(result.macro["auprc"]),
                         "",
                     ]
                 )
-            header = ["target", "test n (positive)", "AUROC", "AUPRC", "selected"]
+            counts = [f"{split} n (pos/neg)" for split in SPLITS]
+            header = ["target", *counts, "AUROC", "AUPRC", "selected"]
             parts.append(markdown_table(header, rows))
         if continuous:
             rows = [
-                [t.name, str(t.counts["test"]["known"])]
+                [t.name, *(format_counts(t.counts[split]) for split in SPLITS)]
                 + [format_estimate(t.metrics[m]) for m in ("mae", "r2", "pearson_r")]
                 + [format_hyper(t.hyper)]
                 for t in continuous
             ]
             header = [
                 "target",
-                "test n",
+                *(f"{split} n" for split in SPLITS),
                 METRIC_NAMES["mae"],
                 METRIC_NAMES["r2"],
                 METRIC_NAMES["pearson_r"],
@@ -231,7 +236,9 @@ def probe_encoded(
         f"{features} features of {len(rows)} images; {config.n_resamples} bootstrap resamples",
         file=sys.stderr,
     )
+    caveats.warn(splits.notes)
     results, bootstrap = run_probe(x, targets, splits, config)
+    notes = [*splits.notes, *(note for result in results.values() for note in result.notes)]
     test = rows[splits.indices("test")]
     counts = {
         "rows": len(inputs.rows),
@@ -246,7 +253,7 @@ def probe_encoded(
         manifest=str(inputs.manifest),
         store=str(encoded.store),
         counts=counts,
-        notes=list(splits.notes),
+        notes=list(dict.fromkeys(notes)),
         config=config,
         results=results,
         test_paths=[inputs.rows[i]["path"] for i in test],

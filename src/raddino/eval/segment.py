@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from raddino.devices import check_device
 from raddino.eval.metrics import dice_iou
 from raddino.eval.seg_data import FeatureMaps, MaskSet, take_rows
 from raddino.eval.threads import DEFAULT_CPU_THREADS, cpu_threads
@@ -114,7 +115,7 @@ def predict(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows of the batch, bool predictions (b, S, H, W)) in batches."""
     head.eval()
-    device = torch.device(config.device)
+    device = check_device(config.device)
     amp = _autocast_dtype(device, config.amp)
     for chunk in batches(rows, config.batch_size, None):
         logits = head_logits(head, maps.batch(chunk), size, amp)
@@ -174,7 +175,7 @@ def _train(
 ) -> list[dict[str, float]]:
     if len(train_rows) < 2:
         raise ValueError(f"segmentation training needs >= 2 training images, got {len(train_rows)}")
-    device = torch.device(config.device)
+    device = check_device(config.device)
     head.to(device)
     amp = _autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)

@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 
 from raddino.data.manifest import read_manifest
 from raddino.data.preprocess import PreprocessConfig
+from raddino.devices import check_device
+from raddino.eval import caveats
 from raddino.eval.bootstrap import Estimate, PatientBootstrap, mean_of
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.features import EncodedRows, FeatureRequest, encode_for_eval
@@ -22,8 +24,9 @@ from raddino.eval.metrics import weighted_mean
 from raddino.eval.overlays import legend, save_overlay
 from raddino.eval.seg_data import FeatureMaps, MaskSet, load_masks, mask_columns, take_rows
 from raddino.eval.segment import SegmentConfig, predict, score, train_head
-from raddino.eval.splits import Splits, make_splits
+from raddino.eval.splits import SPLITS, Splits, make_splits
 from raddino.eval.tables import (
+    format_counts,
     format_estimate,
     interval_note,
     markdown_table,
@@ -31,7 +34,7 @@ from raddino.eval.tables import (
     write_text,
 )
 from raddino.eval.targets import UNKNOWN
-from raddino.features.encode import EncodeOptions, check_device
+from raddino.features.encode import EncodeOptions
 from raddino.models.encoder import RadDino
 
 
@@ -102,6 +105,7 @@ class SegmentReport:
     history: list[dict[str, float]]
     metrics: dict[str, dict[str, Estimate]]
     mean: dict[str, Estimate]
+    structure_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     overlays: list[str] = field(default_factory=list)
     test_paths: list[str] = field(repr=False, default_factory=list)
     dice: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
@@ -115,6 +119,7 @@ class SegmentReport:
             "manifest": self.manifest,
             "features_store": self.store,
             "counts": self.counts,
+            "structure_counts": self.structure_counts,
             "notes": self.notes,
             "config": asdict(self.config),
             "history": self.history,
@@ -127,14 +132,19 @@ class SegmentReport:
 def segment_markdown(report: SegmentReport) -> str:
     c = report.counts
     rows = [
-        [s, str(c[f"test_{s}"]), format_estimate(m["dice"]), format_estimate(m["iou"])]
+        [
+            s,
+            *(format_counts(report.structure_counts[s][split]) for split in SPLITS),
+            format_estimate(m["dice"]),
+            format_estimate(m["iou"]),
+        ]
         for s, m in report.metrics.items()
     ]
     if len(report.metrics) > 1:
         rows.append(
             [
                 "**mean**",
-                "",
+                *([""] * len(SPLITS)),
                 format_estimate(report.mean["dice"]),
                 format_estimate(report.mean["iou"]),
             ]
@@ -149,7 +159,9 @@ def segment_markdown(report: SegmentReport) -> str:
         f"threshold {report.config.threshold}; both masks empty counts as 1",
         f"- {interval_note(report.config.n_resamples, report.config.level)}",
         "",
-        markdown_table(["structure", "test images", "Dice", "IoU"], rows),
+        markdown_table(
+            ["structure", *(f"{split} images" for split in SPLITS), "Dice", "IoU"], rows
+        ),
     ]
     if report.overlays:
         lines += [
@@ -180,6 +192,26 @@ def write_segment_report(report: SegmentReport, out_dir: str | Path) -> dict[str
         "markdown": write_text(out / "segment.md", segment_markdown(report)),
         "scores": per_image,
     }
+
+
+def segment_notes(
+    structure_counts: dict[str, dict[str, dict[str, int]]],
+    metrics: dict[str, dict[str, Estimate]],
+    mean: dict[str, Estimate],
+    n_resamples: int,
+) -> list[str]:
+    """Caveats: structures with few annotated images in a split, undefined resamples."""
+    notes = []
+    for structure, counts in structure_counts.items():
+        subject = f"structure {structure!r}"
+        for split in SPLITS:
+            few = caveats.few_cases(subject, split, {"annotated image": counts[split]["known"]})
+            notes += [few] if few else []
+        why = caveats.NO_ANNOTATION
+        notes += caveats.undefined_resamples(subject, metrics[structure], n_resamples, why)
+    if len(metrics) > 1:
+        notes += caveats.undefined_resamples("mean over structures", mean, n_resamples, why)
+    return notes
 
 
 def segment_encoded(
@@ -216,6 +248,15 @@ def segment_encoded(
             for name, values in (("dice", dice), ("iou", iou))
         }
     mean = {m: mean_of([v[m] for v in metrics.values()], bootstrap) for m in ("dice", "iou")}
+    structure_counts = {
+        structure: {
+            split: {"known": int(masks.known[rows[splits.indices(split)], s].sum())}
+            for split in SPLITS
+        }
+        for s, structure in enumerate(masks.structures)
+    }
+    notes = [*splits.notes, *segment_notes(structure_counts, metrics, mean, config.n_resamples)]
+    caveats.warn(notes)
     counts = {
         "rows": len(inputs.rows),
         "rejected": int((~encoded.valid).sum()),
@@ -230,11 +271,12 @@ def segment_encoded(
         manifest=str(inputs.manifest),
         store=str(encoded.store),
         counts=counts,
-        notes=list(inputs.splits.notes),
+        notes=list(dict.fromkeys(notes)),
         config=config,
         history=history,
         metrics=metrics,
         mean=mean,
+        structure_counts=structure_counts,
         test_paths=[inputs.rows[i]["path"] for i in test],
         dice=dice,
         iou=iou,

@@ -14,6 +14,7 @@ import numpy as np
 
 from raddino.data.manifest import ManifestError
 
+SPLITS = ("train", "val", "test")  # in the order tables show them
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -39,7 +40,7 @@ class Splits:
         return np.flatnonzero(self.split == name)
 
     def counts(self) -> dict[str, int]:
-        return {name: int((self.split == name).sum()) for name in ("train", "val", "test")}
+        return {name: int((self.split == name).sum()) for name in SPLITS}
 
     def subset(self, rows: np.ndarray) -> Splits:
         """The splits of the given rows only (e.g. the images that could be encoded)."""

@@ -41,6 +41,14 @@ def format_estimate(estimate: Estimate, digits: int = 3) -> str:
     )
 
 
+def format_counts(counts: dict[str, int]) -> str:
+    """Images of one split: ``35 (17/18)`` (known, then positive/negative) for a binary target,
+    ``35`` otherwise."""
+    if "positive" in counts:
+        return f"{counts['known']} ({counts['positive']}/{counts['negative']})"
+    return str(counts["known"])
+
+
 def format_hyper(hyper: dict[str, float]) -> str:
     parts = []
     for key, value in hyper.items():

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
+from raddino.devices import check_device
+
 DEFAULT_CPU_THREADS = 1
 
 
@@ -21,7 +23,7 @@ DEFAULT_CPU_THREADS = 1
 def cpu_threads(count: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
     """Use ``count`` intra-op threads inside the block when ``device`` is the CPU."""
     before = torch.get_num_threads()
-    change = count is not None and torch.device(device).type == "cpu"
+    change = count is not None and check_device(device).type == "cpu"
     if change:
         torch.set_num_threads(count)
     try:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from raddino.data.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image, to_uint8
 from raddino.data.preprocess import PreprocessConfig, array_to_chw_uint8, normalize, resize_and_crop
+from raddino.devices import check_device
 from raddino.features.store import FeatureStoreWriter, StoreSummary
 from raddino.models.encoder import RadDino
 from raddino.models.fast import InferenceEngine
@@ -57,20 +58,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return DTYPE_NAMES[name]
-
-
-def check_device(name: str) -> torch.device:
-    """``--device`` as a torch.device (``auto``: CUDA when present, else the CPU); a clear
-    error for a bad name or a missing GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 @dataclass(frozen=True)
@@ -270,48 +257,49 @@ def encode_to_store(
     writer = FeatureStoreWriter(
         out_dir, store_meta(model, model_id, options, dtype), shard_rows(model, options)
     )
-    order = list(dict.fromkeys(paths))
-    todo = [path for path in order if path not in writer.done]
-    if not todo:
-        return writer.finalize(order)
-    if engine is None:
-        engine = build_engine(model, options, len(order), log)
-    elif (engine.device, engine.dtype, engine.layers) != (device, dtype, tuple(layers)):
-        raise ValueError(
-            f"engine runs {engine.dtype} on {engine.device} with layers {engine.layers}; "
-            f"the options ask for {dtype} on {device} with layers {tuple(layers)}"
+    with writer:  # holds the store's lock; released on leaving, also on errors
+        order = list(dict.fromkeys(paths))
+        todo = [path for path in order if path not in writer.done]
+        if not todo:
+            return writer.finalize(order)
+        if engine is None:
+            engine = build_engine(model, options, len(order), log)
+        elif (engine.device, engine.dtype, engine.layers) != (device, dtype, tuple(layers)):
+            raise ValueError(
+                f"engine runs {engine.dtype} on {engine.device} with layers {engine.layers}; "
+                f"the options ask for {dtype} on {device} with layers {tuple(layers)}"
+            )
+        loader = DataLoader(
+            ImageFiles(todo, model.preprocess_config, options.max_pixels),
+            batch_size=options.batch_size,
+            num_workers=options.num_workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=_limit_worker_threads if options.num_workers else None,
+            persistent_workers=False,
         )
-    loader = DataLoader(
-        ImageFiles(todo, model.preprocess_config, options.max_pixels),
-        batch_size=options.batch_size,
-        num_workers=options.num_workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_limit_worker_threads if options.num_workers else None,
-        persistent_workers=False,
-    )
-    bar = tqdm(
-        total=len(todo),
-        unit="img",
-        desc="encode",
-        disable=not options.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    rejected = 0
-    registers = model.config.num_register_tokens
-    with writer, torch.inference_mode():
-        for batch in loader:
-            for path, reason in batch.rejects:
-                writer.add_reject(path, reason)
-            if batch.pixels is not None:
-                arrays = batch_arrays(
-                    engine, batch.pixels, model.preprocess_config, options, registers
-                )
-                writer.add(batch.paths, arrays)
-            bar.update(len(batch.paths) + len(batch.rejects))
-            if batch.rejects:
-                rejected += len(batch.rejects)
-                bar.set_postfix(rejected=rejected)
-    bar.close()
-    return writer.finalize(order)
+        bar = tqdm(
+            total=len(todo),
+            unit="img",
+            desc="encode",
+            disable=not options.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        rejected = 0
+        registers = model.config.num_register_tokens
+        with torch.inference_mode():
+            for batch in loader:
+                for path, reason in batch.rejects:
+                    writer.add_reject(path, reason)
+                if batch.pixels is not None:
+                    arrays = batch_arrays(
+                        engine, batch.pixels, model.preprocess_config, options, registers
+                    )
+                    writer.add(batch.paths, arrays)
+                bar.update(len(batch.paths) + len(batch.rejects))
+                if batch.rejects:
+                    rejected += len(batch.rejects)
+                    bar.set_postfix(rejected=rejected)
+        bar.close()
+        return writer.finalize(order)

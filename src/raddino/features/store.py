@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from raddino.atomic import TMP_PREFIX, fsync_dir, write_bytes_atomic
+from raddino.output_lock import OutputLock, is_lock_file
 
 __all__ = [
     "FeatureStoreWriter",
@@ -336,6 +337,10 @@ class FeatureStoreWriter:
 
     ``done`` holds the paths in finished shards or rejected (as of opening, plus since); buffered
     rows join it once their shard is on disk. Use ``finalize(order)`` to write the index.
+
+    One writer per store: the writer holds the directory's :class:`raddino.output_lock.OutputLock`
+    from opening until ``finalize`` or ``close`` (leaving a ``with`` block closes); a second
+    writer meanwhile, in this process or another, gets ``OutputInUseError``.
     """
 
     def __init__(self, out_dir: str | Path, meta: dict, shard_size: int = 1024) -> None:
@@ -349,7 +354,18 @@ class FeatureStoreWriter:
         self.meta: dict = json.loads(json.dumps(meta))  # normalised as stored (tuples -> lists)
         self._shards_dir: Path = self.out_dir / _SHARDS_DIR
         self._rejects_log: Path = self.out_dir / _REJECTS_LOG
+        self._lock = OutputLock(self.out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise StoreMismatchError(f"{self.out_dir} exists and is not a directory")
+        self._lock.acquire()  # before anything in the directory is written or deleted
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
 
+    def _open(self) -> None:
+        """Create or check the store, delete a killed run's leftovers, read what is done."""
         self._open_or_create()
         for leftover in self._shards_dir.glob(TMP_PREFIX + "*"):
             if leftover.is_dir():
@@ -404,7 +420,9 @@ class FeatureStoreWriter:
             self._shards_dir.mkdir(exist_ok=True)
             return
         if d.exists():
-            entries = [p for p in d.iterdir() if not p.name.startswith(TMP_PREFIX)]
+            entries = [
+                p for p in d.iterdir() if not (p.name.startswith(TMP_PREFIX) or is_lock_file(p))
+            ]
             if entries:
                 raise StoreMismatchError(
                     f"{d} is not empty and is not a raddino features store (no {_META_FILE}); "
@@ -439,6 +457,8 @@ class FeatureStoreWriter:
         """
         if self._finalized:
             raise RuntimeError("add() after finalize()")
+        if not self._lock.held:
+            raise RuntimeError("add() after close()")
         if isinstance(paths, str):
             raise TypeError("paths must be a list of str, not a str")
         paths = [str(p) for p in paths]
@@ -492,6 +512,8 @@ class FeatureStoreWriter:
         """Record an unreadable input; the line is on disk when this returns."""
         if self._finalized:
             raise RuntimeError("add_reject() after finalize()")
+        if not self._lock.held:
+            raise RuntimeError("add_reject() after close()")
         self._invalidate_index()
         line = json.dumps({"path": str(path), "reason": str(reason)}) + "\n"
         with open(self._rejects_log, "ab") as f:
@@ -547,7 +569,16 @@ class FeatureStoreWriter:
     # ----------------------------------------------------------------- finishing
 
     def finalize(self, order: list[str]) -> StoreSummary:
-        """Flush, then write index.csv and rejects.csv for the paths of ``order``, in that order."""
+        """Flush, then write index.csv and rejects.csv for the paths of ``order``, in that order;
+        releases the store's lock (taking it again first when the writer was closed)."""
+        if not self._lock.held:
+            self._lock.acquire()
+        try:
+            return self._write_index(order)
+        finally:
+            self._lock.release()
+
+    def _write_index(self, order: list[str]) -> StoreSummary:
         self.flush()
         order = list(dict.fromkeys(str(p) for p in order))  # each path once, first position kept
 
@@ -575,6 +606,14 @@ class FeatureStoreWriter:
             missing=len(order) - len(index_rows) - len(reject_rows),
         )
 
+    def close(self) -> None:
+        """Write the buffered rows as a shard and release the store's lock."""
+        try:
+            if not self._finalized and self._lock.held:
+                self.flush()
+        finally:
+            self._lock.release()
+
     def __enter__(self) -> FeatureStoreWriter:
         return self
 
@@ -584,9 +623,9 @@ class FeatureStoreWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Keep buffered rows on leaving the block (also on error); finalize stays explicit."""
-        if not self._finalized:
-            self.flush()
+        """Keep buffered rows on leaving the block (also on error) and release the lock;
+        finalize stays explicit."""
+        self.close()
 
 
 # --------------------------------------------------------------------------- reader

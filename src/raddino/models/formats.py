@@ -50,9 +50,23 @@ def read_tensors(path: Path) -> StateDict:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:
         raise WeightFormatError(
-            f"{path}: cannot be read as a torch state dict with weights_only=True ({error})"
+            f"{path}: cannot be read as a torch state dict with weights_only=True "
+            f"({torch_load_error(error)})"
         ) from error
     return unwrap_checkpoint(data, path)
+
+
+def torch_load_error(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, on one line. torch's own message runs over
+    several lines and suggests ``weights_only=False``, which would run the file's code; for a
+    pickle of other objects this keeps the global it refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            refused = line.split("WeightsUnpickler error:", 1)[1].split(". ", 1)[0].strip()
+            return f"it holds Python objects other than tensors, not loaded: {refused}"
+    return type(error).__name__ + (f": {lines[0]}" if lines else "")
 
 
 def unwrap_checkpoint(data: object, path: Path) -> StateDict:
@@ -468,13 +482,24 @@ def _read_run_state(run_dir: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightFormatError(f"{path}: unreadable checkpoint ({error})") from error
+        raise WeightFormatError(
+            f"{path}: unreadable checkpoint ({torch_load_error(error)})"
+        ) from error
+
+
+RUN_BACKBONE_PREFIXES = {"dino": "teacher.backbone.", "contrastive": "vision."}
+"""Where each recipe's checkpoint keeps the backbone that is released: the image-only recipe's
+EMA teacher, the language-supervised recipe's image tower (without its projection)."""
 
 
 def load_run_directory(run_dir: Path) -> tuple[ViTConfig, StateDict, PreprocessConfig]:
-    """The teacher backbone of a run's latest checkpoint (what DINOv2 releases), and a
-    processor at the run's final global-crop size with RAD-DINO's normalisation."""
+    """The released backbone of a run's latest checkpoint (the teacher of an image-only run, as
+    DINOv2 releases; the image tower of a contrastive run), and a processor at the run's final
+    global-crop size with RAD-DINO's normalisation."""
     state = _read_run_state(run_dir)
+    recipe = state.get("recipe", "dino")
+    if recipe not in RUN_BACKBONE_PREFIXES:
+        raise WeightFormatError(f"{run_dir}: checkpoint of an unknown recipe {recipe!r}")
     crops = state.get("config", {}).get("crops", {})
     size = crops.get("high_res_size") or crops.get("global_size") or 518
     preprocess = PreprocessConfig(shortest_edge=size, crop_height=size, crop_width=size)
@@ -482,14 +507,15 @@ def load_run_directory(run_dir: Path) -> tuple[ViTConfig, StateDict, PreprocessC
         config = ViTConfig(**state["backbone_config"])
     except (KeyError, TypeError, ValueError) as error:
         raise WeightFormatError(f"{run_dir}: checkpoint lacks a valid backbone config") from error
-    prefix = "teacher.backbone."
+    prefix = RUN_BACKBONE_PREFIXES[recipe]
     tensors = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
     check_keys(expected_state_dict(config), tensors, str(run_dir))
     return config, tensors, preprocess
 
 
 def load_run_head(run_dir: Path) -> StateDict:
-    """The teacher's DINO head of a run's latest checkpoint, in the official key layout."""
+    """The teacher's DINO head of a run's latest checkpoint, in the official key layout (empty
+    for a contrastive run, which has none)."""
     prefix = "teacher.dino_head."
     return {
         k[len(prefix) :]: v

@@ -63,6 +63,51 @@ def any_process(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def broadcast_object(value: object, source: int = 0) -> object:
+    """Process ``source``'s ``value`` on every process (pickled: for small objects)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=source)
+    return box[0]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each process the gradient of its own rows, summed over
+    every process that used them (all-reduce, then this process's slice): works on gloo, which
+    has no reduce-scatter, and on NCCL."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        out = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
+        dist.all_gather_into_tensor(out, tensor.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` (b, ...) concatenated in rank order: (world * b, ...).
+
+    Gradients flow back to the process that owns each row: with losses whose sum over processes
+    is the global loss, each process's rows get the global loss's gradient. The identity
+    without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+@torch.no_grad()
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """:func:`all_gather_with_grad` without gradients (for metrics)."""
+    return all_gather_with_grad(tensor.detach())
+
+
 @torch.no_grad()
 def broadcast_module(module: torch.nn.Module, source: int = 0) -> None:
     """Copy every parameter and buffer of ``module`` from process ``source`` to all others."""

@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from raddino.atomic import write_atomic
 from raddino.data.manifest import collect_inputs
 from raddino.models.heads import HeadConfig, load_head_file
 from raddino.models.vit import ViTConfig, vit_config
+from raddino.output_lock import OutputLock
 from raddino.ssl import distributed
-from raddino.ssl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from raddino.ssl.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
 from raddino.ssl.config import PretrainConfig
 from raddino.ssl.data import PretrainStream, StreamSampler, collate_crops
 from raddino.ssl.masking import BlockMasking, sample_batch_masks
@@ -206,9 +208,50 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
 ) -> RunSummary:
-    """Pre-train (or continue) a run in ``out_dir`` on the images of ``data``."""
+    """Pre-train (or continue) a run in ``out_dir`` on the images of ``data``.
+
+    The run directory is held with an output lock for the whole run (see
+    :func:`hold_run_directory`): a second run into it is refused with ``OutputInUseError``.
+    """
     run_dir = Path(out_dir)
     env = distributed.init_distributed(config.train.device)
+    with hold_run_directory(run_dir, env):
+        return _train(config, data, run_dir, env, resume, progress)
+
+
+@contextlib.contextmanager
+def hold_run_directory(run_dir: Path, env: distributed.DistEnv) -> Iterator[None]:
+    """Hold ``run_dir``'s output lock on the first process, which alone writes there.
+
+    Under torchrun the first process's outcome is broadcast: when it is refused (or fails to
+    lock), every process raises the same error instead of waiting at the next collective.
+    """
+    lock = OutputLock(run_dir) if env.is_main else None
+    failure: Exception | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except Exception as error:  # re-raised on every process below
+            failure = error
+    if env.distributed:
+        failure = distributed.broadcast_object(failure)
+    if failure is not None:
+        raise failure
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    config: PretrainConfig,
+    data: list[str],
+    run_dir: Path,
+    env: distributed.DistEnv,
+    resume: bool,
+    progress: bool,
+) -> RunSummary:
     train = config.train
     precision = resolve_precision(train.precision, env.device)
     if precision == "fp16" and env.device.type != "cuda":
@@ -240,7 +283,7 @@ def pretrain(
 
     start_step = 0
     if existing is not None:
-        state = load_checkpoint(existing)
+        existing, state = load_latest_checkpoint(run_dir)  # skips damaged newer ones
         if state.get("sharded", False) != sharded:
             written = "fsdp" if state.get("sharded") else "ddp"
             raise ValueError(

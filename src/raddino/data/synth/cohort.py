@@ -33,6 +33,7 @@ from raddino.data.synth.patient import CohortOptions, sample_patient
 from raddino.data.synth.render import MASKS, Renderer
 from raddino.data.synth.report import write_report
 from raddino.data.synth.source import CtSource, default_cache_dir, default_source, sha256_file
+from raddino.output_lock import OutputLock
 
 METADATA_COLUMNS: tuple[str, ...] = ("view", "age", "sex", "bmi")
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -228,33 +229,34 @@ def generate_cohort(
     from tqdm import tqdm
 
     out = Path(out)
-    cache_dir = cache_dir or default_cache_dir()
-    source = source or default_source(cache_dir)
-    anatomy_dir = cached_anatomy(source, FIELD_AT_PATIENT_MM / config.size, cache_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for name in MASKS:
-        (out / "masks" / name).mkdir(parents=True, exist_ok=True)
-    splits = assign_splits(config.n, config)
-    rows = []
-    stream = render_rows(anatomy_dir, config, out, workers)
-    for index, row in enumerate(
-        tqdm(stream, total=config.n, desc="synth", unit="img", disable=not progress)
-    ):
-        rows.append({**row, "split": splits[index]})
-    manifest = out / "manifest.csv"
-    write_manifest(rows, manifest)
-    info = {
-        "generator": "raddino.data.synth",
-        "anatomy_version": PREP_VERSION,
-        "render_version": RENDER_VERSION,
-        "config": asdict(config),
-        "source": {
-            "ct": str(source.ct),
-            "ct_sha256": sha256_file(Path(source.ct)),
-            "labels": str(source.labels),
-            "labels_sha256": sha256_file(Path(source.labels)),
-        },
-    }
-    (out / "cohort.json").write_text(json.dumps(info, indent=2) + "\n")
+    with OutputLock(out):  # one writer per cohort folder, before the CT is even fetched
+        cache_dir = cache_dir or default_cache_dir()
+        source = source or default_source(cache_dir)
+        anatomy_dir = cached_anatomy(source, FIELD_AT_PATIENT_MM / config.size, cache_dir)
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        for name in MASKS:
+            (out / "masks" / name).mkdir(parents=True, exist_ok=True)
+        splits = assign_splits(config.n, config)
+        rows = []
+        stream = render_rows(anatomy_dir, config, out, workers)
+        for index, row in enumerate(
+            tqdm(stream, total=config.n, desc="synth", unit="img", disable=not progress)
+        ):
+            rows.append({**row, "split": splits[index]})
+        manifest = out / "manifest.csv"
+        write_manifest(rows, manifest)
+        info = {
+            "generator": "raddino.data.synth",
+            "anatomy_version": PREP_VERSION,
+            "render_version": RENDER_VERSION,
+            "config": asdict(config),
+            "source": {
+                "ct": str(source.ct),
+                "ct_sha256": sha256_file(Path(source.ct)),
+                "labels": str(source.labels),
+                "labels_sha256": sha256_file(Path(source.labels)),
+            },
+        }
+        (out / "cohort.json").write_text(json.dumps(info, indent=2) + "\n")
     positives = {name: sum(int(row[name]) for row in rows) for name in FINDINGS}
     return CohortSummary(out=out, manifest=manifest, images=len(rows), positives=positives)

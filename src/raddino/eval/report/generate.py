@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from raddino.atomic import write_atomic
+from raddino.devices import check_device
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
 from raddino.eval.report.lm import load_lm
 from raddino.eval.report.model import ReportModel, ReportModelConfig
-from raddino.features.encode import EncodeOptions, check_device, resolve_dtype
+from raddino.features.encode import EncodeOptions, resolve_dtype
 
 
 @dataclass(frozen=True)

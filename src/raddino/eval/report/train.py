@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 from raddino.atomic import write_atomic
+from raddino.devices import check_device
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
 from raddino.eval.report.lm import load_lm
 from raddino.eval.report.model import DEFAULT_PROMPT, ReportModel, ReportModelConfig
-from raddino.features.encode import EncodeOptions, check_device, resolve_dtype
+from raddino.features.encode import EncodeOptions, resolve_dtype
 
 STAGES = ("projector", "lora", "full")
 
