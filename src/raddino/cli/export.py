@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
     model = RadDino.from_pretrained(source)
     written = model.export(args.out, format=args.format)
     print(f"wrote {args.format} weights: {written}")
-    if is_run_directory(Path(source)):
+    head = load_run_head(Path(source)) if is_run_directory(Path(source)) else {}
+    if head:  # an image-only run's DINO head (a contrastive run exports its image tower alone)
         from safetensors.torch import save_file
 
-        head = load_run_head(Path(source))
         target = (written if written.is_dir() else written.parent) / "dino_head.safetensors"
         save_file({k: v.contiguous() for k, v in head.items()}, str(target))
         print(f"wrote the teacher's DINO head: {target}")

@@ -1,4 +1,5 @@
-"""``raddino pretrain``: self-supervised pre-training (DINO + iBOT + KoLeo) into a run directory."""
+"""``raddino pretrain``: pre-training into a run directory, with the recipe the config names:
+image-only (DINO + iBOT + KoLeo, the default) or language-supervised (``recipe: contrastive``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import argparse
 import os
 import sys
 
-HELP = "pre-train an encoder on unlabelled images (the RAD-DINO / DINOv2 recipe)"
+HELP = (
+    "pre-train an encoder on unlabelled images (the RAD-DINO / DINOv2 recipe) or, with "
+    "recipe: contrastive, on image-report pairs"
+)
 EPILOG = """examples:
   raddino pretrain --config configs/tiny_cpu.yaml --data images/ --out runs/tiny
   raddino pretrain --config configs/tiny_cpu.yaml train.steps=500 optim.base_lr=2e-3 \\
       --data manifest.csv --out runs/tiny --resume
   torchrun --nproc-per-node 4 -m raddino pretrain --config configs/vitb14_cxr.yaml \\
       --data manifest.csv --out runs/vitb14
+  raddino pretrain --config configs/clip_tiny_cpu.yaml --data cohort/manifest.csv --out runs/clip
 """
 
 
@@ -27,7 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--config", help="YAML preset (see configs/); defaults apply without one")
     parser.add_argument(
-        "--data", required=True, action="append", help="images: folder, file or manifest .csv"
+        "--data",
+        required=True,
+        action="append",
+        help="images: folder, file or manifest .csv (contrastive: manifests with a report column)",
     )
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -41,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from raddino.ssl.trainer import TrainingDivergedError, pretrain
 
     config = load_config(args.config, args.overrides)
+    train = pretrain
+    if config.recipe == "contrastive":
+        from raddino.contrastive.trainer import pretrain_contrastive
+
+        train = pretrain_contrastive
     try:
-        summary = pretrain(
+        summary = train(
             config, args.data, args.out, resume=args.resume, progress=not args.no_progress
         )
     except TrainingDivergedError as error:

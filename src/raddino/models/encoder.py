@@ -93,7 +93,7 @@ class RadDino(nn.Module):
         preprocess_config: PreprocessConfig | None = None,
     ) -> RadDino:
         """Load a Hugging Face Dinov2 directory, an official DINOv2 state dict or a raddino run
-        directory (its latest checkpoint's teacher backbone).
+        directory (its latest checkpoint's teacher backbone; a contrastive run's image tower).
 
         An HF directory's ``preprocessor_config.json`` sets the preprocessing; otherwise (and
         for official files) RAD-DINO's processor is used unless ``preprocess_config`` is given.

@@ -2,6 +2,11 @@
 
 Every value is checked when the config is built; errors name the dotted key
 (``optim.base_lr``). The resolved config is written to the run directory as YAML.
+
+The top-level key ``recipe`` names the recipe: ``dino`` (the default: DINO + iBOT + KoLeo,
+:class:`PretrainConfig`) or ``contrastive`` (image-report pairs,
+:class:`raddino.contrastive.config.ContrastiveConfig`). A DINO config is written without it, so
+configs and runs from before recipes existed read and write unchanged.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import yaml
+
+if TYPE_CHECKING:
+    from raddino.contrastive.config import ContrastiveConfig
 
 
 class ConfigError(ValueError):
@@ -130,6 +138,7 @@ class TrainSection:
 
 @dataclass
 class PretrainConfig:
+    recipe: ClassVar[str] = "dino"
     model: ModelSection = field(default_factory=ModelSection)
     head: HeadSection = field(default_factory=HeadSection)
     loss: LossSection = field(default_factory=LossSection)
@@ -281,9 +290,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation!r}")
 
 
-def _section_types() -> dict[str, type]:
-    hints = typing.get_type_hints(PretrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(PretrainConfig)}
+def _section_types(config_type: type) -> dict[str, type]:
+    hints = typing.get_type_hints(config_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_type)}
 
 
 def _unknown(key: str, known: list[str]) -> ConfigError:
@@ -292,14 +301,31 @@ def _unknown(key: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 
-def config_from_dict(data: dict) -> PretrainConfig:
-    """Build a validated config from nested dicts (missing keys keep their defaults)."""
-    sections = _section_types()
+RECIPES = ("dino", "contrastive")
+
+
+def config_from_dict(data: dict) -> PretrainConfig | ContrastiveConfig:
+    """Build a validated config from nested dicts (missing keys keep their defaults): a
+    :class:`PretrainConfig`, or the config of the recipe named by the top-level ``recipe``."""
+    data = dict(data or {})
+    recipe = data.pop("recipe", "dino")
+    if recipe not in RECIPES:
+        raise ConfigError(f"recipe={recipe!r}: choose one of {', '.join(RECIPES)}")
+    if recipe == "contrastive":
+        from raddino.contrastive.config import contrastive_config_from_dict
+
+        return contrastive_config_from_dict(data)
+    return build_config(PretrainConfig, data)
+
+
+def build_config(config_type: type, data: dict) -> Any:
+    """``config_type`` (a dataclass of sections) from nested dicts; unknown keys are named."""
+    sections = _section_types(config_type)
     built = {}
     all_keys = [f"{s}.{f.name}" for s, t in sections.items() for f in dataclasses.fields(t)]
     for name, values in (data or {}).items():
         if name not in sections:
-            raise _unknown(str(name), list(sections))
+            raise _unknown(str(name), ["recipe", *sections])
         if not isinstance(values, dict):
             raise ConfigError(f"{name}: expected a mapping of keys, got {values!r}")
     for name, section_type in sections.items():
@@ -311,15 +337,18 @@ def config_from_dict(data: dict) -> PretrainConfig:
                 raise _unknown(f"{name}.{key}", all_keys)
             kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
         built[name] = section_type(**kwargs)
-    return PretrainConfig(**built)
+    return config_type(**built)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'optim.base_lr=1e-3'`` -> (['optim', 'base_lr'], 0.001)."""
+    """``'optim.base_lr=1e-3'`` -> (['optim', 'base_lr'], 0.001); ``'recipe=contrastive'`` ->
+    (['recipe'], 'contrastive')."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. optim.base_lr=1e-3")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
+    if parts == ["recipe"]:
+        return parts, raw.strip()
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override {text!r}: keys look like section.name, e.g. train.steps")
     try:
@@ -329,8 +358,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PretrainConfig:
-    """YAML preset (optional) plus ``key=value`` overrides -> validated config."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = ()
+) -> PretrainConfig | ContrastiveConfig:
+    """YAML preset (optional) plus ``key=value`` overrides -> validated config of the recipe
+    the preset (or a ``recipe=`` override) names: :class:`PretrainConfig` by default."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -341,7 +373,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pr
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file is a mapping of sections")
     for text in overrides:
-        (section, name), value = parse_override(text)
+        parts, value = parse_override(text)
+        if parts == ["recipe"]:
+            data["recipe"] = value
+            continue
+        section, name = parts
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"{section}: expected a mapping of keys")

@@ -85,20 +85,30 @@ class PretrainStream(Dataset):
     def load(self, g: int) -> torch.Tensor:
         """The image of sample ``g``: (1, H, W) uint8. An unreadable file is reported once and
         replaced, deterministically, by the next image of the epoch's order."""
+        return self.load_indexed(g)[1]
+
+    def load_indexed(self, g: int) -> tuple[int, torch.Tensor]:
+        """:meth:`load`, with the index in ``paths`` of the image it read (another than sample
+        ``g``'s own when that one is unreadable)."""
         epoch, position = divmod(g, len(self.paths))
         order = self.order(epoch)
         for offset in range(len(self.paths)):
-            path = self.paths[int(order[(position + offset) % len(self.paths)])]
+            index = int(order[(position + offset) % len(self.paths)])
+            path = self.paths[index]
             try:
-                return grey_uint8(path, self.crops.max_source_size)
+                return index, grey_uint8(path, self.crops.max_source_size)
             except (ImageReadError, OSError, ValueError) as error:
                 if path not in self.warned:
                     self.warned.add(path)
                     print(f"warning: skipping unreadable image {error}", file=sys.stderr)
         raise RuntimeError("none of the pre-training images could be read")
 
+    def generator(self, g: int) -> torch.Generator:
+        """The augmentation generator of sample ``g``, seeded by ``(seed, g)`` alone."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * g + 1)
+
     def __getitem__(self, g: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * g + 1)
+        rng = self.generator(g)
         crops = self.augment(self.load(g), rng, self.global_size(g // self.global_batch))
         return crops.globals_, crops.locals_
 
