@@ -16,11 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from raddino.output_lock import LOCK_FILE
 from tests.demo.conftest import run_cli
+from tests.lock_holder import held_by_another_process
 
-STAGES = ["cohort", "pretrain", "pretrain_no_ibot", "evaluate", "reports", "figures", "report"]
+STAGES = [
+    "cohort", "pretrain", "pretrain_language", "pretrain_no_ibot", "evaluate", "reports",
+    "figures", "report",
+]  # fmt: skip
+LABELS = [
+    "image-only", "language-supervised", "image-only-no-ibot", "random-init", "pixels-16x16"
+]  # fmt: skip
 REPORTS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "peft"))
-QUICK = ["--quick", "--workers", "0", "--no-progress"]
+QUICK = ["--quick", "--workers", "0", "--no-progress", "--ablation"]
 
 
 def demo(out: Path, *extra: str) -> int:
@@ -55,29 +63,42 @@ def test_pretraining_sees_the_train_split_only(demo_dir: Path):
     with (demo_dir / "cohort" / "manifest.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     train = {r["path"] for r in rows if r["split"] == "train"}
-    listed = (demo_dir / "runs" / "train_images.csv").read_text().split()[1:]
-    assert {str(Path(p).relative_to("../cohort")) for p in listed} == train
+    with (demo_dir / "runs" / "train_images.csv").open() as handle:
+        listed = list(csv.DictReader(handle))
+    assert {str(Path(r["path"]).relative_to("../cohort")) for r in listed} == train
+    reports = {r["path"]: r["report"] for r in rows}
+    assert all(
+        reports[str(Path(r["path"]).relative_to("../cohort"))] == r["report"] for r in listed
+    )
     assert len(train) < len(rows)
-    for run in ("ssl", "no_ibot"):
+    for run in ("ssl", "language", "no_ibot"):
         assert any((demo_dir / "runs" / run / "checkpoints").glob("step_*.pt")), run
     config = (demo_dir / "runs" / "no_ibot" / "config.yaml").read_text()
     assert "ibot_weight: 0.0" in config
+    assert "recipe: contrastive" in (demo_dir / "runs" / "language" / "config.yaml").read_text()
 
 
-def test_evaluation_compares_trained_ablation_and_random(demo_dir: Path):
+def test_evaluation_compares_both_recipes_ablation_random_and_pixels(demo_dir: Path):
     evaluation = demo_dir / "evaluation"
     compare = json.loads((evaluation / "compare.json").read_text())
     labels = [e["label"] for e in compare["encoders"]]
-    assert labels == ["raddino-ssl", "raddino-no-ibot", "random-init"]
-    assert compare["encoders"][2]["random_init"]
+    assert labels == LABELS
+    assert compare["encoders"][3]["random_init"]
     for label in labels:
         assert any((evaluation / label / "segment" / "overlays").glob("*.png")), label
     summary = json.loads((evaluation / "demo_summary.json").read_text())
     macro = [r for r in summary["rows"] if r["target"] == "findings macro"]
     assert {(r["task"], r["metric"]) for r in macro} >= {("linear", "auroc"), ("knn", "auroc")}
-    difference = macro[0]["differences"]["raddino-ssl - random-init"]
+    assert summary["pairs"] == [
+        "image-only - language-supervised", "image-only - random-init",
+        "language-supervised - random-init", "image-only - pixels-16x16",
+        "language-supervised - pixels-16x16", "image-only - image-only-no-ibot",
+    ]  # fmt: skip
+    difference = macro[0]["differences"]["image-only - random-init"]
     assert set(difference) == {"value", "low", "high", "significant"}
     assert summary["headline"]["statement"]
+    versus = summary["headline"]["versus"]
+    assert set(versus) == {"language-supervised", "pixels-16x16", "image-only-no-ibot"}
 
 
 def test_report_has_every_section_table_and_figure(demo_dir: Path):
@@ -97,25 +118,29 @@ def test_report_has_every_section_table_and_figure(demo_dir: Path):
         assert heading in text, heading
     assert "Synthetic data from one CT; not for clinical conclusions" in text
     assert "| findings macro (linear) | AUROC |" in text
-    assert "Δ raddino-ssl - random-init" in text and "Δ raddino-ssl - raddino-no-ibot" in text
+    for pair in ("image-only - random-init", "image-only - language-supervised"):
+        assert f"Δ {pair}" in text
+    assert text.index("](figures/forest.png)") < text.index("## Headline results")
+    assert (demo_dir / "figures" / "forest.svg").is_file()
     for row in ("| nodule | AUROC |", "| age | MAE |", "| sex | AUROC |", "| heart | Dice |"):
         assert row in text, row
     listing = json.loads((demo_dir / "figures" / "figures.json").read_text())
     figures = listing["figures"]
     scores = listing["correspondence"]  # Figure 2 over all pairs of test images with nodules
-    assert set(scores) == {"raddino-ssl", "random-init"}
+    assert set(scores) == {"image-only", "language-supervised", "random-init"}
     for score in scores.values():
         assert score["pairs"] >= 2 and 0 <= score["hit_rate"] <= 1 and 0 < score["chance"] < 1
     assert f"Figure 2 over all {scores['random-init']['pairs']} ordered pairs" in text
     keys = {f["key"] for f in figures}
-    assert {"loss_curves", "similarity_raddino-ssl", "similarity_random-init"} <= keys
-    assert {"pca_raddino-ssl", "pca_random-init"} <= keys
+    learned = ("image-only", "language-supervised", "random-init")
+    assert {"loss_curves", *(f"similarity_{label}" for label in learned)} <= keys
+    assert {f"pca_{label}" for label in learned} <= keys
     assert any(k.startswith("overlay_") for k in keys)
     for figure in figures:
         assert f"]({figure['path']})" in text  # referenced relatively from REPORT.md
         assert (demo_dir / figure["path"]).is_file()
     page = (demo_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(figures)  # self-contained
+    assert page.count("data:image/png;base64,") == len(figures) + 1  # + forest; self-contained
     assert "<h2>Headline results</h2>" in page and "../" not in page
     if REPORTS:
         assert "| most common report |" in text and "### Examples (test images)" in text
@@ -129,9 +154,28 @@ def test_a_second_run_skips_every_stage(demo_dir: Path, capsys: pytest.CaptureFi
     printed = capsys.readouterr().out
     ran = [name for name, status in statuses(demo_dir).items() if status == "ran"]
     assert ran == []
-    assert "[1/7] cohort: done (cached)" in printed and "[7/7] report: done (cached)" in printed
+    assert "[1/8] cohort: done (cached)" in printed and "[8/8] report: done (cached)" in printed
     assert f"report:     {demo_dir / 'REPORT.md'}" in printed
     assert seconds < 15
+
+
+def test_a_second_demo_on_a_held_folder_is_refused_and_changes_nothing(
+    demo_dir: Path, capsys: pytest.CaptureFixture[str]
+):
+    def snapshot() -> dict[str, int]:
+        return {str(p.relative_to(demo_dir)): p.stat().st_mtime_ns for p in demo_dir.rglob("*")}
+
+    before = snapshot()
+    capsys.readouterr()
+    with held_by_another_process(demo_dir, "raddino demo --out demo") as holder:
+        assert demo(demo_dir) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"raddino demo: error: {demo_dir} is in use by another writer: ")
+        assert f"pid {holder.pid} on" in err and "\n" not in err
+        after = snapshot()
+    assert after.pop(LOCK_FILE) and after == before
+    assert demo(demo_dir) == 0  # the holder gone, the demo runs (every stage cached)
+    assert [name for name, status in statuses(demo_dir).items() if status == "ran"] == []
 
 
 def test_deleting_a_marker_reruns_that_stage_and_the_ones_after(demo_dir: Path):
@@ -184,9 +228,10 @@ def test_figures_are_listed_as_skipped_without_the_viz_package(
     for module in ("raddino.viz.plots", "raddino.viz.similarity", "raddino.viz.pca"):
         monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     paths = DemoPaths(tmp_path)
-    trained = EncoderSpec(str(paths.run("ssl")), name="raddino-ssl")
+    trained = EncoderSpec(str(paths.run("ssl")), name="image-only")
     random = EncoderSpec(str(paths.run("ssl")), random_init=True, name="random-init")
-    result = make_figures(paths, {"raddino-ssl": paths.run("ssl")}, trained, random)
+    specs = {"image-only": trained, "random-init": random}
+    result = make_figures(paths, {"image-only": paths.run("ssl")}, specs)
     assert len(result["notes"]) == 3 and all("raddino.viz" in n for n in result["notes"])
     assert result["figures"] and all(f["key"].startswith("overlay_") for f in result["figures"])
 
@@ -196,6 +241,8 @@ def test_figures_are_listed_as_skipped_without_the_viz_package(
     [
         (["--images", "5"], "--images 5"),
         (["--config", "no-such.yaml"], "--config no-such.yaml"),
+        (["--language-config", "no-such.yaml"], "--language-config no-such.yaml"),
+        (["--language-config", "configs/tiny_cpu.yaml"], "expected a preset with recipe"),
         (["--device", "tpu"], "--device 'tpu'"),
         (["model.depth=oops"], "model.depth"),
         (["no.such_key=1"], "unknown config key"),

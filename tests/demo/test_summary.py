@@ -71,3 +71,19 @@ def test_headline_says_whether_the_trained_encoder_beat_random(report: CompareRe
     assert "Findings macro AUROC (linear probe): 0.750 vs 0.500 (+0.250" in headline["statement"]
     assert "Mean Dice (linear segmentation head): 0.700 vs 0.700 (+0.000" in headline["statement"]
     assert not headline["mean_dice"]["difference"]["significant"]
+
+
+def test_explicit_pairs_keep_those_whose_encoders_ran_and_the_headline_compares_them(
+    report: CompareReport,
+):
+    pairs = [("ssl", "language"), ("ssl", "random"), ("ssl", "no-ibot")]
+    summary = summarise_comparison(report, ["nodule", "effusion"], "random", {}, pairs)
+    assert summary["pairs"] == ["ssl - random", "ssl - no-ibot"]  # no 'language' encoder ran
+    versus = summary["headline"]["versus"]
+    assert set(versus) == {"no-ibot"}
+    # findings macro per resample: ssl 0.7, 0.8; no-ibot (0.7 + 0.6) / 2 = 0.65, 0.65
+    assert versus["no-ibot"]["macro_auroc"]["value"] == pytest.approx(0.1)
+    assert (
+        "Findings macro AUROC, ssl vs no-ibot: 0.750 vs 0.650 (+0.100"
+        in (summary["headline"]["statement"])
+    )

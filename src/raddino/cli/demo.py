@@ -12,11 +12,15 @@ if TYPE_CHECKING:
     from raddino.demo.pipeline import Demo
     from raddino.demo.stages import StageOutcome
 
-HELP = "the end-to-end demo: synthetic cohort, pre-training, evaluation against random, report"
+HELP = (
+    "the end-to-end demo: synthetic cohort, image-only and language-supervised pre-training, "
+    "evaluation against random weights and raw pixels, report"
+)
 EPILOG = """examples:
   raddino demo --out demo/            # the full demo (timings: docs/demo.md); re-run to resume
   raddino demo --out demo/ --quick    # a smoke run in about a minute
   raddino demo --out demo/ --steps 600 optim.base_lr=1e-3 --no-reports
+  raddino demo --out demo/ --ablation --no-language   # image-only with and without iBOT
 """
 
 
@@ -50,17 +54,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--size", type=_count, default=None, help="image side in pixels (default: 160; --quick: 64)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the cohort, training and evaluation"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the cohort, training and evaluation (default: 31, a seed no recipe or "
+        "setting was chosen on; see docs/protocol.md)",
     )
     parser.add_argument(
         "--config",
         default=None,
-        help="pre-training preset (default: configs/tiny_cpu.yaml of the raddino repository)",
+        help="image-only pre-training preset (default: configs/tiny_cpu.yaml of the raddino "
+        "repository)",
     )
     parser.add_argument(
-        "--steps", type=_count, default=None, help="pre-training steps of both runs"
+        "--language-config",
+        default=None,
+        help="language-supervised preset (default: configs/clip_tiny_cpu.yaml of the raddino "
+        "repository)",
     )
-    parser.add_argument("--no-ablation", action="store_true", help="skip the run without iBOT")
+    parser.add_argument(
+        "--no-language", action="store_true", help="skip the language-supervised encoder"
+    )
+    parser.add_argument(
+        "--steps", type=_count, default=None, help="pre-training steps of every run"
+    )
+    parser.add_argument(
+        "--ablation", action="store_true", help="also pre-train and evaluate without iBOT"
+    )
     parser.add_argument("--no-reports", action="store_true", help="skip report generation")
     parser.add_argument("--workers", type=_count, default=2, help="worker processes (default: 2)")
     parser.add_argument(
@@ -82,21 +102,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
     from pathlib import Path
 
-    from raddino.demo.options import FULL, QUICK, DemoOptions, default_config_path
+    from raddino.demo.options import (
+        DEMO_SEED,
+        FULL,
+        LANGUAGE_PRESET,
+        QUICK,
+        DemoOptions,
+        default_config_path,
+    )
 
     sizes = QUICK if args.quick else FULL
     bad = [o for o in args.overrides if "=" not in o or o.startswith("-")]
     if bad:
         raise ValueError(f"overrides {bad}: expected section.key=value, e.g. train.steps=500")
+    language = None
+    if not args.no_language:
+        language = (
+            Path(args.language_config)
+            if args.language_config
+            else default_config_path(LANGUAGE_PRESET, "--language-config")
+        )
     return DemoOptions(
         out=Path(args.out),
         config=Path(args.config) if args.config else default_config_path(),
+        language_config=language,
         images=sizes.images if args.images is None else args.images,
         size=sizes.size if args.size is None else args.size,
-        seed=args.seed,
+        seed=DEMO_SEED if args.seed is None else args.seed,
         steps=args.steps,
         overrides=tuple(args.overrides),
-        ablation=not args.no_ablation,
+        ablation=args.ablation,
         reports=not args.no_reports,
         workers=args.workers,
         device=args.device,

@@ -1,12 +1,20 @@
-"""The demo's evaluation: ``raddino compare`` of the trained, ablated and random encoders on
-the cohort (findings, metadata, segmentation), then the demo's summary of it."""
+"""The demo's evaluation: ``raddino compare`` of the pre-trained encoders (image-only,
+language-supervised, the optional ablation), the random encoder and raw pixels on the cohort
+(findings, metadata, segmentation), then the demo's summary of it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from raddino.data.synth import FINDINGS
-from raddino.demo.options import LABEL_RANDOM, METADATA_TARGETS, STRUCTURES, DemoPaths, Sizes
+from raddino.demo.options import (
+    LABEL_RANDOM,
+    METADATA_TARGETS,
+    PAIRS,
+    STRUCTURES,
+    DemoPaths,
+    Sizes,
+)
 from raddino.demo.summary import summarise_comparison
 from raddino.eval.encoders import EncoderSpec
 from raddino.features.encode import EncodeOptions
@@ -72,4 +80,4 @@ def evaluate_encoders(
         cache_dir=paths.features,
     )
     findings = [name for name, _ in targets if name in FINDINGS]
-    return summarise_comparison(report, findings, LABEL_RANDOM, dropped)
+    return summarise_comparison(report, findings, LABEL_RANDOM, dropped, list(PAIRS))

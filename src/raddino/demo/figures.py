@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from raddino.data.manifest import read_manifest, resolve_manifest_path
-from raddino.demo.options import LABEL_RANDOM, STRUCTURES, DemoPaths
+from raddino.demo.options import STRUCTURES, DemoPaths
 from raddino.eval.compare import encoder_dir_name
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.overlays import legend
@@ -79,11 +79,13 @@ def _viz_missing(error: ImportError, what: str) -> str:
 def make_figures(
     paths: DemoPaths,
     runs: dict[str, Path],
-    trained_spec: EncoderSpec,
-    random_spec: EncoderSpec,
+    specs: dict[str, EncoderSpec],
     seed: int = 0,
 ) -> dict:
-    """Write ``paths.figures/*.png``; returns {"figures": [{key, path, caption}], "notes"}."""
+    """Write ``paths.figures/*.png``: loss curves of ``runs``, and for each encoder of ``specs``
+    (label -> spec) Figure 2, its correspondence
+    score, PCA maps and segmentation overlays; returns {"figures": [{key, path, caption}],
+    "notes", "correspondence"}."""
     out = paths.figures
     out.mkdir(parents=True, exist_ok=True)
     figures: list[dict[str, str]] = []
@@ -103,7 +105,7 @@ def make_figures(
         )
         add("loss_curves", Path(png), "Pre-training losses per step: " + ", ".join(runs) + ".")
 
-    models = {trained_spec.label: trained_spec.load(), LABEL_RANDOM: random_spec.load()}
+    models = {label: spec.load() for label, spec in specs.items()}
     chosen = similarity_images(paths.manifest)
     try:
         from raddino.viz.similarity import patch_similarity, save_similarity_figure
@@ -145,7 +147,7 @@ def make_figures(
                 f"{len(images)} test images, as RGB.",
             )
 
-    for label in (trained_spec.label, LABEL_RANDOM):
+    for label in specs:
         source = paths.evaluation / encoder_dir_name(label) / "segment" / "overlays"
         for png in sorted(source.glob("*.png"))[:N_OVERLAYS]:
             target = out / "overlays" / f"{encoder_dir_name(label)}_{png.name}"

@@ -15,11 +15,26 @@ import raddino
 from raddino.data.synth import FINDINGS
 
 DEFAULT_PRESET = "tiny_cpu.yaml"
+LANGUAGE_PRESET = "clip_tiny_cpu.yaml"
+DEMO_SEED = 31
+"""The demo's cohort seed: no recipe or hyper-parameter was chosen on it (docs/protocol.md)."""
 METADATA_TARGETS = (("age", "continuous"), ("bmi", "continuous"), ("sex", None))
 STRUCTURES = ("left_lung", "right_lung", "heart", "ribs")
-LABEL_SSL = "raddino-ssl"
-LABEL_NO_IBOT = "raddino-no-ibot"
+PIXEL_SIDE = 16
+LABEL_SSL = "image-only"
+LABEL_LANGUAGE = "language-supervised"
+LABEL_NO_IBOT = "image-only-no-ibot"
 LABEL_RANDOM = "random-init"
+LABEL_PIXELS = f"pixels-{PIXEL_SIDE}x{PIXEL_SIDE}"
+PAIRS = (
+    (LABEL_SSL, LABEL_LANGUAGE),
+    (LABEL_SSL, LABEL_RANDOM),
+    (LABEL_LANGUAGE, LABEL_RANDOM),
+    (LABEL_SSL, LABEL_PIXELS),
+    (LABEL_LANGUAGE, LABEL_PIXELS),
+    (LABEL_SSL, LABEL_NO_IBOT),
+)
+"""The paired differences the demo reports (a - b), where both encoders ran."""
 DEVICES = ("auto", "cpu", "cuda")
 
 QUICK_OVERRIDES = (
@@ -32,6 +47,14 @@ QUICK_OVERRIDES = (
     "optim.warmup_steps=1", "optim.freeze_last_layer_steps=1",
 )  # fmt: skip
 """Pre-training overrides of ``--quick``: a 2-block, 64-wide ViT on 64 px crops."""
+
+QUICK_LANGUAGE_OVERRIDES = (
+    *(o for o in QUICK_OVERRIDES if o.startswith(("model.", "train.", "optim.warmup"))),
+    "crops.global_size=64", "crops.max_source_size=96",
+    "text.vocab_size=300", "text.max_length=64", "text.width=32", "text.depth=1",
+    "text.num_heads=2", "text.mlp_dim=64", "contrastive.embed_dim=32",
+)  # fmt: skip
+"""The language-supervised run of ``--quick``: the same image tower and a 1-block text side."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,7 @@ class Sizes:
     val_fraction: float = 0.1
     test_fraction: float = 0.2  # 400 test images: tighter intervals for the headline
     overrides: tuple[str, ...] = ()
+    language_overrides: tuple[str, ...] = ()
     encode_batch: int = 64
     report: ReportSizes = field(default_factory=ReportSizes)
 
@@ -79,6 +103,7 @@ QUICK = Sizes(
     val_fraction=0.25,
     test_fraction=0.25,
     overrides=QUICK_OVERRIDES,
+    language_overrides=QUICK_LANGUAGE_OVERRIDES,
     encode_batch=16,
     report=ReportSizes(
         vocab_size=300,
@@ -97,21 +122,21 @@ QUICK = Sizes(
 )
 
 
-def default_config_path() -> Path:
-    """``configs/tiny_cpu.yaml`` of the repository this package was installed from (an
-    editable install), else of the current directory; FileNotFoundError naming ``--config``."""
+def default_config_path(preset: str = DEFAULT_PRESET, option: str = "--config") -> Path:
+    """``configs/PRESET`` of the repository this package was installed from (an editable
+    install), else of the current directory; FileNotFoundError naming ``option``."""
     package = Path(raddino.__file__).resolve().parent  # <repo>/src/raddino
     candidates = [
-        package.parents[1] / "configs" / DEFAULT_PRESET,
-        Path.cwd() / "configs" / DEFAULT_PRESET,
+        package.parents[1] / "configs" / preset,
+        Path.cwd() / "configs" / preset,
     ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise FileNotFoundError(
-        f"--config: the default preset {DEFAULT_PRESET} was not found (looked at {looked}); "
-        "pass --config PATH to a pre-training preset, e.g. configs/tiny_cpu.yaml of the "
+        f"{option}: the default preset {preset} was not found (looked at {looked}); "
+        f"pass {option} PATH to a pre-training preset, e.g. configs/{preset} of the "
         "raddino repository"
     )
 
@@ -122,12 +147,13 @@ class DemoOptions:
 
     out: Path
     config: Path
+    language_config: Path | None = None  # None: no language-supervised encoder
     images: int = FULL.images
     size: int = FULL.size
-    seed: int = 0
+    seed: int = DEMO_SEED
     steps: int | None = None
     overrides: tuple[str, ...] = ()
-    ablation: bool = True
+    ablation: bool = False
     reports: bool = True
     workers: int = 2
     device: str = "auto"
@@ -153,6 +179,8 @@ class DemoOptions:
             raise ValueError(f"--bootstrap {self.bootstrap}: must be >= 1")
         if not Path(self.config).is_file():
             raise FileNotFoundError(f"--config {self.config}: no such file")
+        if self.language_config is not None and not Path(self.language_config).is_file():
+            raise FileNotFoundError(f"--language-config {self.language_config}: no such file")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError(
                 "raddino demo runs as one process; for torchrun use 'raddino pretrain'"
@@ -164,9 +192,13 @@ class DemoOptions:
         return replace(base, images=self.images, size=self.size, bootstrap=self.bootstrap)
 
     @property
+    def language(self) -> bool:
+        return self.language_config is not None
+
+    @property
     def eval_device(self) -> str:
         """The device of evaluation and report generation (``auto``: CUDA when present)."""
-        from raddino.features.encode import check_device
+        from raddino.devices import check_device
 
         return check_device(self.device).type
 

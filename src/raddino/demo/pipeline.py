@@ -1,5 +1,6 @@
-"""The demo's stages: cohort -> pre-training (and the no-iBOT ablation) -> evaluation against a
-random-initialised encoder -> report generation -> figures -> REPORT.md / report.html.
+"""The demo's stages: cohort -> image-only and language-supervised pre-training (and, on request,
+the no-iBOT ablation) -> evaluation of both against a random-initialised encoder and raw pixels
+-> report generation -> figures -> REPORT.md / report.html.
 
 Every stage calls the library function that the matching ``raddino`` command calls; this module
 only decides sizes, paths and which outputs feed which stage (see ``docs/demo.md``).
@@ -11,14 +12,17 @@ import csv
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raddino.demo.options import (
+    LABEL_LANGUAGE,
     LABEL_NO_IBOT,
+    LABEL_PIXELS,
     LABEL_RANDOM,
     LABEL_SSL,
+    PIXEL_SIDE,
     STRUCTURES,
     DemoOptions,
     DemoPaths,
@@ -31,14 +35,16 @@ from raddino.demo.stages import (
     stage_log,
     write_json_atomic,
 )
+from raddino.output_lock import OutputLock
 from raddino.ssl.config import PretrainConfig, load_config
 
 if TYPE_CHECKING:
+    from raddino.contrastive.config import ContrastiveConfig
     from raddino.data.synth import SynthConfig
     from raddino.eval.encoders import EncoderSpec
     from raddino.features.encode import EncodeOptions
 
-RUNS = {"pretrain": "ssl", "pretrain_no_ibot": "no_ibot"}
+RUNS = {"pretrain": "ssl", "pretrain_language": "language", "pretrain_no_ibot": "no_ibot"}
 """Pre-training stage -> run directory name under ``OUT/runs``."""
 MACHINE_KEYS = (("train", "device"), ("train", "num_workers"))
 """Config keys that change where and how fast a run goes, not what it learns."""
@@ -49,7 +55,7 @@ class Rates:
     """Throughputs for the ETA: defaults for a 2-core CPU, replaced by measured values."""
 
     synth_seconds_per_image: float | None = None
-    pretrain_seconds_per_step: float | None = None
+    pretrain_seconds_per_step: dict[str, float] = field(default_factory=dict)  # by stage
     eval_seconds_per_image: float | None = None  # per encoder
     report_seconds: float | None = None
 
@@ -70,10 +76,12 @@ class Demo:
         self.options = options
         self.sizes = options.sizes
         self.paths = DemoPaths(Path(options.out))
-        self.configs = {
+        self.configs: dict[str, PretrainConfig | ContrastiveConfig] = {
             "pretrain": self.pretrain_config(ablation=False),
             "pretrain_no_ibot": self.pretrain_config(ablation=True),
         }
+        if options.language:
+            self.configs["pretrain_language"] = self.language_config()
         self.rates = Rates()
         self.runner = StageRunner(self.paths.root, log=stage_log)
         self._load_rates()
@@ -96,8 +104,28 @@ class Demo:
     def pretrain_config(self, ablation: bool) -> PretrainConfig:
         return load_config(self.options.config, self.pretrain_overrides(ablation))
 
+    def language_overrides(self) -> list[str]:
+        """Preset < ``--quick`` < ``--steps``/``--seed``/``--workers``/``--device``; the user's
+        ``key=value`` overrides are the image-only preset's and do not apply here."""
+        o = self.options
+        overrides = [*self.sizes.language_overrides, f"train.seed={o.seed}"]
+        overrides += [f"train.device={o.device}", f"train.num_workers={o.workers}"]
+        if o.steps is not None:
+            overrides.append(f"train.steps={o.steps}")
+        return overrides
+
+    def language_config(self) -> ContrastiveConfig:
+        preset = self.options.language_config
+        recipe = load_config(preset).recipe  # before the overrides, whose keys it decides
+        if recipe != "contrastive":
+            raise ValueError(
+                f"--language-config {preset}: expected a preset with recipe: contrastive, "
+                f"got recipe {recipe}"
+            )
+        return load_config(preset, self.language_overrides())
+
     @staticmethod
-    def config_inputs(config: PretrainConfig) -> dict:
+    def config_inputs(config: PretrainConfig | ContrastiveConfig) -> dict:
         """The resolved config without the keys that do not change the result."""
         data = config.to_dict()
         for section, key in MACHINE_KEYS:
@@ -119,16 +147,27 @@ class Demo:
         )
 
     def encoder_specs(self) -> list[EncoderSpec]:
-        """The encoders compared: trained first (the reference), ablation, random baseline."""
+        """The encoders compared: image-only first (the reference), language-supervised,
+        the no-iBOT ablation (when asked for), the random baseline, raw pixels."""
         from raddino.eval.encoders import EncoderSpec
 
         size = self.eval_size()
         ssl = EncoderSpec(str(self.paths.run("ssl")), image_size=size, name=LABEL_SSL)
         specs = [ssl]
+        if self.options.language:
+            run = str(self.paths.run("language"))
+            specs.append(EncoderSpec(run, image_size=size, name=LABEL_LANGUAGE))
         if self.options.ablation:
             run = str(self.paths.run("no_ibot"))
             specs.append(EncoderSpec(run, image_size=size, name=LABEL_NO_IBOT))
         specs.append(self.random_spec())
+        specs.append(replace(ssl.as_pixels(PIXEL_SIDE), name=LABEL_PIXELS))
+        return specs
+
+    def learned_specs(self) -> dict[str, EncoderSpec]:
+        """The pre-trained encoders and the random one, by label (figures, report generation)."""
+        specs = {s.name: s for s in self.encoder_specs() if s.name != LABEL_PIXELS}
+        specs.pop(LABEL_NO_IBOT, None)
         return specs
 
     def eval_size(self) -> int:
@@ -165,9 +204,11 @@ class Demo:
         cohort = (self.runner.marker("cohort") or {}).get("result", {})
         if cohort.get("size") == self.sizes.size and cohort.get("seconds_per_image"):
             self.rates.synth_seconds_per_image = cohort["seconds_per_image"]
-        run = self.runner.marker("pretrain") or {}
-        if run.get("inputs", {}).get("config") == self.config_inputs(self.configs["pretrain"]):
-            self.rates.pretrain_seconds_per_step = run.get("result", {}).get("seconds_per_step")
+        for stage, config in self.configs.items():
+            run = self.runner.marker(stage) or {}
+            measured = run.get("result", {}).get("seconds_per_step")
+            if measured and run.get("inputs", {}).get("config") == self.config_inputs(config):
+                self.rates.pretrain_seconds_per_step[stage] = measured
         evaluation = (self.runner.marker("evaluate") or {}).get("result", {})
         if evaluation.get("size") == self.sizes.size:
             self.rates.eval_seconds_per_image = evaluation.get("seconds_per_image")
@@ -186,7 +227,8 @@ class Demo:
     def estimate_pretrain(self, stage: str) -> float:
         config = self.configs[stage]
         # measured (docs/pretraining.md): ~45 images/s for tiny_cpu on 2 cores, fp32
-        per_step = self.rates.pretrain_seconds_per_step or config.train.batch_size / 40
+        rates = self.rates.pretrain_seconds_per_step
+        per_step = rates.get(stage) or rates.get("pretrain") or config.train.batch_size / 40
         return config.train.steps * per_step
 
     def estimate_evaluate(self) -> float:
@@ -204,7 +246,12 @@ class Demo:
 
         o, s = self.options, self.sizes
         reports_on, reason = self.reports_enabled()
-        evaluate_needs = ("cohort", "pretrain", *(("pretrain_no_ibot",) if o.ablation else ()))
+        evaluate_needs = (
+            "cohort",
+            "pretrain",
+            *(("pretrain_language",) if o.language else ()),
+            *(("pretrain_no_ibot",) if o.ablation else ()),
+        )
         return [
             Stage(
                 "cohort",
@@ -220,12 +267,21 @@ class Demo:
                 estimate=lambda: self.estimate_pretrain("pretrain"),
             ),
             Stage(
+                "pretrain_language",
+                lambda ctx: self.run_pretrain(ctx, "pretrain_language"),
+                {"config": self.language_inputs()},
+                needs=("cohort",),
+                enabled=o.language,
+                reason="--no-language",
+                estimate=lambda: self.estimate_pretrain("pretrain_language"),
+            ),
+            Stage(
                 "pretrain_no_ibot",
                 lambda ctx: self.run_pretrain(ctx, "pretrain_no_ibot"),
                 {"config": self.config_inputs(self.configs["pretrain_no_ibot"])},
                 needs=("cohort",),
                 enabled=o.ablation,
-                reason="--no-ablation",
+                reason="off unless --ablation",
                 estimate=lambda: self.estimate_pretrain("pretrain_no_ibot"),
             ),
             Stage(
@@ -246,8 +302,13 @@ class Demo:
             Stage(
                 "reports",
                 self.run_reports,
-                {"sizes": self.report_inputs(), "seed": o.seed, "image_size": self.eval_size()},
-                needs=("cohort", "pretrain"),
+                {
+                    "sizes": self.report_inputs(),
+                    "seed": o.seed,
+                    "image_size": self.eval_size(),
+                    "encoders": list(self.learned_specs()),
+                },
+                needs=("cohort", "pretrain", *(("pretrain_language",) if o.language else ())),
                 enabled=reports_on,
                 reason=reason,
                 estimate=self.estimate_reports,
@@ -276,6 +337,10 @@ class Demo:
     def report_inputs(self) -> dict:
         return _jsonable(self.sizes.report)
 
+    def language_inputs(self) -> dict | None:
+        config = self.configs.get("pretrain_language")
+        return None if config is None else self.config_inputs(config)
+
     def reports_enabled(self) -> tuple[bool, str]:
         if not self.options.reports:
             return False, "--no-reports"
@@ -293,6 +358,7 @@ class Demo:
             "size": self.sizes.size,
             "seed": o.seed,
             "config": str(o.config),
+            "language_config": str(o.language_config) if o.language else "none",
             "steps": self.configs["pretrain"].train.steps,
             "overrides": list(o.overrides),
             "ablation": o.ablation,
@@ -338,7 +404,7 @@ class Demo:
             self.configs[stage], self.paths, RUNS[stage], ctx.resuming, self.options.progress
         )
         if result["seconds_per_step"]:
-            self.rates.pretrain_seconds_per_step = result["seconds_per_step"]
+            self.rates.pretrain_seconds_per_step[stage] = result["seconds_per_step"]
         return result
 
     # evaluation and report generation ---------------------------------------------
@@ -374,7 +440,7 @@ class Demo:
             rmtree(self.paths.reports)
         started = time.perf_counter()
         summary = train_and_score(
-            {LABEL_SSL: self.encoder_specs()[0], LABEL_RANDOM: self.random_spec()},
+            self.learned_specs(),
             self.paths,
             self.sizes.report,
             self.encode_options(),
@@ -390,16 +456,10 @@ class Demo:
         from raddino.demo.figures import make_figures
 
         rmtree(self.paths.figures)
-        runs = {LABEL_SSL: self.paths.run("ssl")}
+        runs = {LABEL_SSL: self.paths.run("ssl")}  # loss curves: the image-only recipe's
         if self.options.ablation:
             runs[LABEL_NO_IBOT] = self.paths.run("no_ibot")
-        result = make_figures(
-            self.paths,
-            runs,
-            self.encoder_specs()[0],
-            self.random_spec(),
-            seed=self.options.seed,
-        )
+        result = make_figures(self.paths, runs, self.learned_specs(), seed=self.options.seed)
         write_json_atomic(self.paths.figures / "figures.json", result)
         return {"figures": [f["path"] for f in result["figures"]], "notes": result["notes"]}
 
@@ -418,13 +478,14 @@ class Demo:
     # ------------------------------------------------------------------ running
 
     def run(self) -> list[StageOutcome]:
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        began = time.perf_counter()
-        outcomes: list[StageOutcome] = []
-        try:
-            outcomes = self.runner.run(self.stages())
-        finally:
-            self.write_timings(outcomes, time.perf_counter() - began)
+        """Run the stages while holding the demo folder's output lock (one demo per folder)."""
+        with OutputLock(self.paths.root):
+            began = time.perf_counter()
+            outcomes: list[StageOutcome] = []
+            try:
+                outcomes = self.runner.run(self.stages())
+            finally:
+                self.write_timings(outcomes, time.perf_counter() - began)
         return outcomes
 
     def write_timings(self, outcomes: list[StageOutcome], seconds: float) -> None:

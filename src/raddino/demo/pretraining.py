@@ -1,41 +1,63 @@
-"""The demo's pre-training runs: the cohort's train split, the trainer's own resume."""
+"""The demo's pre-training runs: the cohort's train split, the trainer's own resume, either recipe
+(image-only or language-supervised, as the config names it)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raddino.atomic import write_atomic
 from raddino.demo.options import DemoPaths
 from raddino.ssl.config import PretrainConfig
 
-LOGGED = ("loss", "dino_local", "dino_global", "ibot", "koleo", "teacher_entropy")
+if TYPE_CHECKING:
+    from raddino.contrastive.config import ContrastiveConfig
+
+LOGGED = (
+    "loss", "dino_local", "dino_global", "ibot", "koleo", "teacher_entropy",
+    "temperature", "retrieval_accuracy",
+)  # fmt: skip
 
 
 def write_train_list(paths: DemoPaths) -> Path:
-    """``OUT/runs/train_images.csv``: the cohort's train-split images (paths relative to it),
-    so that pre-training never sees a validation or test image."""
-    rows = []
-    with paths.manifest.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] == "train":
-                rows.append(os.path.relpath(paths.cohort / row["path"], paths.runs))
+    """``OUT/runs/train_images.csv``: the cohort's train-split images (paths relative to it)
+    with their reports, so that neither recipe ever sees a validation or test image."""
+    from raddino.data.manifest import read_manifest
+
+    rows = [
+        (os.path.relpath(row["path"], paths.runs), row.get("report", ""))
+        for row in read_manifest(paths.manifest)
+        if row.get("split") == "train"
+    ]
     if not rows:
         raise ValueError(f"{paths.manifest}: no train-split images to pre-train on")
-    text = "path\n" + "".join(f"{r}\n" for r in rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "report"])
+    writer.writerows(rows)
+    text = buffer.getvalue()
     return write_atomic(paths.train_list, lambda temp: temp.write_text(text, encoding="utf-8"))
 
 
 def pretrain_run(
-    config: PretrainConfig, paths: DemoPaths, name: str, resuming: bool, progress: bool
+    config: PretrainConfig | ContrastiveConfig,
+    paths: DemoPaths,
+    name: str,
+    resuming: bool,
+    progress: bool,
 ) -> dict:
     """Train ``OUT/runs/<name>``; an interrupted run of the same inputs (``resuming``)
     continues from its newest checkpoint, any other leftover is deleted first."""
     from raddino.ssl import distributed
     from raddino.ssl.metrics import read_metrics
     from raddino.ssl.trainer import pretrain
+
+    if config.recipe == "contrastive":
+        from raddino.contrastive.trainer import pretrain_contrastive as pretrain
 
     run_dir = paths.run(name)
     if not resuming and run_dir.exists():

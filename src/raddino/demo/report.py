@@ -14,11 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raddino.atomic import write_atomic
-from raddino.demo.options import DemoPaths
+from raddino.demo.options import (
+    LABEL_LANGUAGE,
+    LABEL_NO_IBOT,
+    LABEL_PIXELS,
+    LABEL_SSL,
+    PAIRS,
+    STRUCTURES,
+    DemoPaths,
+)
 from raddino.demo.stages import format_duration, read_json
 from raddino.eval.tables import METRIC_NAMES, markdown_table
 
-TITLE = "RAD-DINO demo: self-supervised pre-training on synthetic chest radiographs"
+TITLE = "RAD-DINO demo: image-only vs language-supervised pre-training on synthetic radiographs"
 SYNTHETIC_NOTE = (
     "Synthetic data from one CT; not for clinical conclusions. Every image is a virtual patient "
     "rendered from the same chest CT (see docs/synthetic_cohort.md): the numbers show that the "
@@ -145,17 +153,87 @@ def result_table(summary: dict, rows: list[dict], first: str) -> Block:
     return Block("table", header=header, rows=body)
 
 
+ENCODER_DESCRIPTIONS = {
+    LABEL_SSL: "the ViT pre-trained on the train split's images alone (DINO + iBOT + KoLeo)",
+    LABEL_LANGUAGE: "the same ViT pre-trained on the same images paired with their reports "
+    "(SigLIP-style image-text contrast against a small text transformer)",
+    LABEL_NO_IBOT: "the image-only recipe without the iBOT loss",
+    LABEL_PIXELS: "the grey image itself, area-averaged to 16 x 16 pixels (the floor every "
+    "encoder must clear)",
+}
+
+
 def encoders_sentence(summary: dict) -> str:
     labels = [e["label"] for e in summary["encoders"]]
-    text = (
-        f"Encoders: {labels[0]} (pre-trained with DINO + iBOT + KoLeo on the train split)"
-        + (f", {labels[1]} (the same without the iBOT loss)" if len(labels) > 2 else "")
-        + f", {summary['random']} (the same architecture with random weights"
-    )
+    parts = [
+        f"{label}: {ENCODER_DESCRIPTIONS[label]}"
+        for label in labels
+        if label in ENCODER_DESCRIPTIONS
+    ]
+    random = f"{summary['random']}: the same ViT with random weights"
     if summary.get("random_is_start"):
-        text += ": exactly the weights pre-training started from, so each difference from it is "
-        text += "what pre-training learned"
-    return text + ")."
+        random += " (exactly the weights the image-only run started from)"
+    parts.append(random)
+    return "Encoders. " + "; ".join(parts) + "."
+
+
+FOREST_ROWS = (
+    ("linear", "findings macro", "auroc", "findings macro AUROC"),
+    ("linear", "findings macro", "auprc", "findings macro AUPRC"),
+    ("linear", "sex", "auroc", "sex AUROC"),
+    ("linear", "age", "r2", "age R²"),
+    ("linear", "bmi", "r2", "BMI R²"),
+    *(("segment (linear)", s, "dice", f"Dice {s.replace('_', ' ')}") for s in STRUCTURES),
+    ("segment (linear)", "mean", "dice", "Dice mean"),
+)
+"""(task, target, metric, label) of the forest plot's rows; every metric: higher is better."""
+FOREST_PAIRS = PAIRS[:4]
+
+
+def forest_block(paths: DemoPaths, summary: dict) -> list[Block]:
+    """The answer in one picture: paired differences of the main comparisons, with CIs."""
+    from raddino.viz.forest import Difference, ForestRow, write_forest_plot
+
+    names = {f"{a} - {b}" for a, b in FOREST_PAIRS}
+    comparisons = [p for p in summary["pairs"] if p in names]
+    if not comparisons:
+        return []
+    rows = []
+    for task, target, metric, label in FOREST_ROWS:
+        row = next(
+            (
+                r
+                for r in summary["rows"]
+                if (r["task"], r["target"], r["metric"]) == (task, target, metric)
+            ),
+            None,
+        )
+        if row is None:
+            continue
+        differences = {
+            p: Difference(d["value"], d.get("low"), d.get("high"))
+            for p in comparisons
+            if (d := row["differences"].get(p)) and d.get("value") is not None
+        }
+        rows.append(ForestRow(label, differences))
+    hits = ((read_json(paths.figures / "figures.json") or {}).get("correspondence")) or {}
+    hit_rows = {}
+    for p in comparisons:
+        a, b = p.split(" - ")
+        if hits.get(a, {}).get("pairs") and hits.get(b, {}).get("pairs"):
+            hit_rows[p] = Difference(hits[a]["hit_rate"] - hits[b]["hit_rate"])
+    if hit_rows:
+        rows.append(ForestRow("Figure 2 hit rate (no CI)", hit_rows))
+    if not rows:
+        return []
+    png = write_forest_plot(paths.figures / "forest.png", rows, comparisons)
+    write_forest_plot(paths.figures / "forest.svg", rows, comparisons)
+    caption = (
+        "Paired differences a - b on the test split with "
+        f"{summary['interval_level']:.0%} bootstrap CIs over patients (filled: the CI excludes 0); "
+        "right of 0 favours a. The Figure 2 hit rate has no interval (its pairs share images)."
+    )
+    return [Block("figure", caption, path=str(png.relative_to(paths.root)))]
 
 
 def evaluation_blocks(summary: dict) -> list[Block]:
@@ -321,28 +399,42 @@ def report_generation_blocks(paths: DemoPaths, skipped: str) -> list[Block]:
 
 def pretraining_blocks(markers: dict[str, dict]) -> list[Block]:
     rows = []
-    for stage in ("pretrain", "pretrain_no_ibot"):
+    for stage in ("pretrain", "pretrain_language", "pretrain_no_ibot"):
         result = (markers.get(stage) or {}).get("result")
         if not result:
             continue
         first, last = result.get("first", {}), result.get("last", {})
+        per_step = result.get("seconds_per_step")
         rows.append(
             [
                 result["run_dir"],
                 str(result["steps"]),
+                "n/a" if per_step is None else f"{per_step * result['steps'] / 60:.1f} min",
                 f"{fmt(first.get('loss'))} -> {fmt(last.get('loss'))}",
-                f"{fmt(first.get('ibot'))} -> {fmt(last.get('ibot'))}",
-                f"{fmt(last.get('teacher_entropy'))}",
+                f"{fmt(first.get('ibot'))} -> {fmt(last.get('ibot'))}" if "ibot" in last else "",
+                fmt(last.get("teacher_entropy")) if "teacher_entropy" in last else "",
+                fmt(last.get("retrieval_accuracy")) if "retrieval_accuracy" in last else "",
             ]
         )
-    header = ["run", "steps", "total loss", "iBOT loss", "teacher entropy (last)"]
+    header = [
+        "run",
+        "steps",
+        "time",
+        "total loss",
+        "iBOT loss",
+        "teacher entropy (last)",
+        "in-batch retrieval (last)",
+    ]
     return [
         Block("h2", "Pre-training"),
         Block(
             "p",
-            "Both runs see the cohort's train split only; the ablation sets "
-            "loss.ibot_weight=0 (no masked image modelling), everything else equal. The iBOT "
-            "term is still computed (and logged) in the ablation, it just carries no weight.",
+            "Every run sees the cohort's train split only, with the same batch size and number "
+            "of steps: the image-only run as two global and four local crops per image, the "
+            "language-supervised run as one crop per image with its report. Time: "
+            "steps x the measured seconds per step (a resumed run's rate is "
+            "that of its last part). The no-iBOT ablation, when run, sets loss.ibot_weight=0 "
+            "and nothing else.",
         ),
         Block("table", header=header, rows=rows),
     ]
@@ -374,10 +466,18 @@ def configuration_blocks(options: dict, configs: dict) -> list[Block]:
         Block("table", header=["option", "value"], rows=rows),
         Block(
             "p",
-            "Resolved pre-training config of the trained encoder (the ablation differs in "
+            "Resolved pre-training config of the image-only encoder (the ablation differs in "
             "loss.ibot_weight only):",
         ),
         Block("code", configs["pretrain"].to_yaml()),
+        *(
+            [
+                Block("p", "Resolved config of the language-supervised encoder:"),
+                Block("code", configs["pretrain_language"].to_yaml()),
+            ]
+            if "pretrain_language" in configs
+            else []
+        ),
     ]
 
 
@@ -385,11 +485,13 @@ def files_block(paths: DemoPaths) -> list[Block]:
     items = [
         "cohort/: the synthetic cohort (images, masks, manifest.csv with splits, findings, "
         "age/sex/BMI, reports)",
-        "runs/ssl/, runs/no_ibot/: pre-training runs (config.yaml, checkpoints, metrics.jsonl)",
+        "runs/ssl/, runs/language/ (and runs/no_ibot/ with --ablation): pre-training runs "
+        "(config.yaml, checkpoints, metrics.jsonl)",
         "evaluation/: compare.md, compare.json, demo_summary.json, one folder per encoder "
         "(probe and segmentation reports, overlays)",
         "reports/: report-generation runs, predictions and metrics",
-        "figures/: the figures above; stages/: one marker per finished stage",
+        "figures/: the figures above (forest.svg: the forest plot as a vector file); stages/: "
+        "one marker per finished stage",
     ]
     return [Block("h2", "Files"), Block("list", items=items)]
 
@@ -400,7 +502,7 @@ def build_blocks(
     summary = read_json(paths.eval_summary)
     if summary is None:
         raise FileNotFoundError(f"{paths.eval_summary}: the evaluate stage has not finished")
-    blocks = [Block("note", SYNTHETIC_NOTE)]
+    blocks = [Block("note", SYNTHETIC_NOTE), *forest_block(paths, summary)]
     cohort = (markers.get("cohort") or {}).get("result", {})
     if cohort:
         splits = ", ".join(f"{v} {k}" for k, v in cohort.get("splits", {}).items())

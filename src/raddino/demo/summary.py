@@ -9,6 +9,7 @@ resample by resample, exactly as compare computes its own differences and macros
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,22 @@ def row_summary(
 
 
 def summarise_comparison(
-    report: CompareReport, findings: list[str], random_label: str, dropped: dict[str, str]
+    report: CompareReport,
+    findings: list[str],
+    random_label: str,
+    dropped: dict[str, str],
+    pairs: list[tuple[str, str]] | None = None,
 ) -> dict:
-    """JSON-able rows (compare's and the findings macro) with differences, and the headline."""
+    """JSON-able rows (compare's and the findings macro) with differences, and the headline.
+
+    ``pairs``: the (a, b) differences to report, kept where both encoders ran (default:
+    :func:`comparison_pairs`); the headline compares the first encoder with random and with
+    every other encoder it is paired with."""
     labels = [encoder["label"] for encoder in report.encoders]
     level = report.level
-    pairs = comparison_pairs(labels, random_label)
+    if pairs is None:
+        pairs = comparison_pairs(labels, random_label)
+    pairs = [(a, b) for a, b in pairs if a in labels and b in labels]
     rows = [
         row_summary(r.task, r.target, r.metric, r.values, pairs, level)
         for r in report.rows
@@ -101,8 +112,9 @@ def summarise_comparison(
         ),
         None,
     )
+    versus = [b for a, b in pairs if a == labels[0] and b != random_label]
     headline = headline_summary(
-        labels, random_label, macros.get((LINEAR, "auroc")), mean_dice, level
+        labels, random_label, macros.get((LINEAR, "auroc")), mean_dice, level, versus
     )
     return {
         "encoders": report.encoders,
@@ -125,8 +137,10 @@ def headline_summary(
     auroc: dict[str, Estimate] | None,
     dice: dict[str, Estimate] | None,
     level: float,
+    versus: Sequence[str] = (),
 ) -> dict:
-    """The plain answer: did the pre-trained encoder (the first) beat the random one?"""
+    """The plain answer: did the pre-trained encoder (the first) beat the random one? Then
+    the same two metrics against each encoder of ``versus`` (key ``versus``)."""
     trained = labels[0]
     out: dict = {"trained": trained, "random": random_label}
     sentences = []
@@ -153,6 +167,19 @@ def headline_summary(
             "the same architecture on the findings."
         )
         sentences.insert(0, verdict)
+    out["versus"] = {}
+    for other in versus:
+        for key, name, values in (
+            ("macro_auroc", "findings macro AUROC", auroc),
+            ("mean_dice", "mean Dice", dice),
+        ):
+            if values is None or trained not in values or other not in values:
+                continue
+            d = difference(values[trained], values[other], level)
+            out["versus"].setdefault(other, {})[key] = d
+            sentences.append(
+                _sentence(f"{name}, {trained} vs {other}", values[trained], values[other], d, level)
+            )
     out["statement"] = " ".join(sentences)
     return out
 
