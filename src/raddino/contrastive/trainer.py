@@ -22,8 +22,6 @@ import torch
 import torch.distributed as dist
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from raddino.atomic import write_atomic
 from raddino.contrastive.config import ContrastiveConfig
@@ -40,7 +38,7 @@ from raddino.contrastive.tokenizer import (
 )
 from raddino.ssl import distributed
 from raddino.ssl.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
-from raddino.ssl.data import StreamSampler
+from raddino.ssl.data import step_loader, step_progress
 from raddino.ssl.metrics import MetricsLog
 from raddino.ssl.schedules import cosine_schedule
 from raddino.ssl.trainer import (
@@ -212,27 +210,10 @@ def _train(
     log = MetricsLog(run_dir, start_step, train.tensorboard) if env.is_main else None
 
     stream = PairStream(pairs, config.crops, train.seed, global_batch, tokenizer)
-    sampler = StreamSampler(start_step, train.steps, train.batch_size, env.rank, env.world_size)
-    loader = DataLoader(
-        stream,
-        batch_size=train.batch_size,
-        sampler=sampler,
-        num_workers=train.num_workers,
-        collate_fn=collate_pairs,
-        pin_memory=env.device.type == "cuda",
-        persistent_workers=False,
-        # worker seeds from a generator of their own: the global RNG (dropout) stays untouched
-        generator=torch.Generator().manual_seed(train.seed),
+    loader = step_loader(
+        stream, collate_pairs, train, start_step, env.rank, env.world_size, env.device
     )
-    bar = tqdm(
-        total=train.steps,
-        initial=start_step,
-        unit="step",
-        desc="pretrain (contrastive)",
-        disable=not (progress and env.is_main),
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = step_progress(train, start_step, "pretrain (contrastive)", progress and env.is_main)
     o = config.optim
     started = time.perf_counter()
     last: dict[str, float] = {}

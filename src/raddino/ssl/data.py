@@ -10,17 +10,18 @@ batch b see together. Process ``rank`` takes samples ``k`` in ``[rank * b, (rank
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
 from raddino.data.io import ImageReadError, read_image, to_uint8
 from raddino.ssl.augment import MultiCrop
-from raddino.ssl.config import CropSection
+from raddino.ssl.config import CropSection, TrainSection
 
 
 def permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -150,3 +151,42 @@ def collate_crops(samples: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) 
     globals_ = torch.stack([s[0][i] for i in range(n_globals) for s in samples])
     locals_ = torch.stack([s[1][i] for i in range(n_locals) for s in samples]) if n_locals else None
     return CropBatch(globals_, locals_)
+
+
+def step_loader(
+    stream: Dataset,
+    collate: Callable,
+    train: TrainSection,
+    start_step: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> DataLoader:
+    """The batches of steps ``start_step`` .. ``train.steps`` for this process, in either recipe.
+
+    Workers are seeded from a generator of their own, so the global RNG (dropout, drop path)
+    stays untouched; every sample's augmentation is seeded by its sample number anyway.
+    """
+    return DataLoader(
+        stream,
+        batch_size=train.batch_size,
+        sampler=StreamSampler(start_step, train.steps, train.batch_size, rank, world_size),
+        num_workers=train.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(train.seed),
+    )
+
+
+def step_progress(train: TrainSection, start_step: int, description: str, enabled: bool) -> tqdm:
+    """The progress bar of a pre-training run, in steps, on stderr."""
+    return tqdm(
+        total=train.steps,
+        initial=start_step,
+        unit="step",
+        desc=description,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from raddino.atomic import write_atomic
 from raddino.data.manifest import collect_inputs
@@ -30,7 +28,7 @@ from raddino.output_lock import OutputLock
 from raddino.ssl import distributed
 from raddino.ssl.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
 from raddino.ssl.config import PretrainConfig
-from raddino.ssl.data import PretrainStream, StreamSampler, collate_crops
+from raddino.ssl.data import PretrainStream, collate_crops, step_loader, step_progress
 from raddino.ssl.masking import BlockMasking, sample_batch_masks
 from raddino.ssl.meta_arch import StudentTeacher
 from raddino.ssl.metrics import CollapseMonitor, MetricsLog
@@ -318,27 +316,10 @@ def _train(
     )
 
     stream = PretrainStream(paths, config.crops, train.seed, global_batch)
-    sampler = StreamSampler(start_step, train.steps, train.batch_size, env.rank, env.world_size)
-    loader = DataLoader(
-        stream,
-        batch_size=train.batch_size,
-        sampler=sampler,
-        num_workers=train.num_workers,
-        collate_fn=collate_crops,
-        pin_memory=env.device.type == "cuda",
-        persistent_workers=False,
-        # worker seeds from a generator of their own: the global RNG (drop path) stays untouched
-        generator=torch.Generator().manual_seed(train.seed),
+    loader = step_loader(
+        stream, collate_crops, train, start_step, env.rank, env.world_size, env.device
     )
-    bar = tqdm(
-        total=train.steps,
-        initial=start_step,
-        unit="step",
-        desc="pretrain",
-        disable=not (progress and env.is_main),
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = step_progress(train, start_step, "pretrain", progress and env.is_main)
     started = time.perf_counter()
     last: dict[str, float] = {}
     step = start_step
