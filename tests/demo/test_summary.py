@@ -67,7 +67,9 @@ def test_findings_macro_averages_the_findings_resample_by_resample(report: Compa
 def test_headline_says_whether_the_trained_encoder_beat_random(report: CompareReport):
     headline = summarise_comparison(report, ["nodule", "effusion"], "random", {})["headline"]
     assert headline["beat_random"]
-    assert headline["statement"].startswith("The pre-trained encoder beat the random-initialised")
+    assert headline["statement"].startswith(
+        "The pre-trained encoder (ssl) beat the random-initialised"
+    )
     assert "Findings macro AUROC (linear probe): 0.750 vs 0.500 (+0.250" in headline["statement"]
     assert "Mean Dice (linear segmentation head): 0.700 vs 0.700 (+0.000" in headline["statement"]
     assert not headline["mean_dice"]["difference"]["significant"]

@@ -156,7 +156,7 @@ def result_table(summary: dict, rows: list[dict], first: str) -> Block:
 ENCODER_DESCRIPTIONS = {
     LABEL_SSL: "the ViT pre-trained on the train split's images alone (DINO + iBOT + KoLeo)",
     LABEL_LANGUAGE: "the same ViT pre-trained on the same images paired with their reports "
-    "(SigLIP-style image-text contrast against a small text transformer)",
+    "(CLIP-style image-text contrast against a small text transformer)",
     LABEL_NO_IBOT: "the image-only recipe without the iBOT loss",
     LABEL_PIXELS: "the grey image itself, area-averaged to 16 x 16 pixels (the floor every "
     "encoder must clear)",

@@ -161,10 +161,11 @@ def headline_summary(
         d = out["macro_auroc"]["difference"]
         out["beat_random"] = bool(d["significant"] and (d["value"] or 0) > 0)
         verdict = (
-            "The pre-trained encoder beat the random-initialised encoder of the same architecture."
+            f"The pre-trained encoder ({trained}) beat the random-initialised encoder of the "
+            "same architecture."
             if out["beat_random"]
-            else "The pre-trained encoder did not clearly beat the random-initialised encoder of "
-            "the same architecture on the findings."
+            else f"The pre-trained encoder ({trained}) did not clearly beat the random-initialised "
+            "encoder of the same architecture on the findings."
         )
         sentences.insert(0, verdict)
     out["versus"] = {}
