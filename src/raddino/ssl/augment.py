@@ -9,10 +9,11 @@ Why these choices (DINOv2 was designed for colour photographs):
 * Occasional Gaussian blur and additive noise: detector sharpness and quantum noise vary.
   These two kinds are off in ``configs/tiny_cpu.yaml``: the synthetic cohort already varies
   exposure, blur, window and gamma between patients, and findings are differences of density,
-  which the extra invariance taught the encoder to ignore (``docs/pretraining.md``, tenth round).
+  which the extra invariance taught the encoder to ignore
+  (``docs/experiments/2026-11-cpu-preset-rounds.md``).
 * Optional small rotations (``crops.rotation_degrees``), drawn for each view on its own, the
   uncovered corners black: patient positioning varies. Off in the presets (no measured gain on
-  the synthetic cohort, ``docs/pretraining.md``, eighth round).
+  the synthetic cohort, ``docs/experiments/2026-11-cpu-preset-rounds.md``).
 * No horizontal flip by default: it moves the heart to the right (dextrocardia is rare and a
   finding); enable ``crops.flip_probability`` for data where laterality does not matter.
 
