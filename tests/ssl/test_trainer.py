@@ -77,6 +77,24 @@ def test_existing_run_needs_resume(tiny_run: Path, pretrain_images: Path):
         pretrain(tiny_config("train.steps=9"), [str(pretrain_images)], tiny_run, progress=False)
 
 
+def test_a_run_of_the_other_recipe_is_refused_on_resume(
+    tiny_run: Path, pretrain_images: Path, tmp_path: Path
+):
+    """A checkpoint written by the language-supervised recipe is never loaded as an image-only
+    one: one clear error instead of a failure deep inside load_state_dict."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".raddino.lock"))
+    step, newest = list_checkpoints(run)[-1]
+    state = load_checkpoint(newest)
+    state["recipe"] = "contrastive"
+    torch.save(state, newest)
+    config = tiny_config(f"train.steps={step + 2}")
+    with pytest.raises(ValueError, match="recipe=contrastive; resume it with that recipe"):
+        pretrain(config, [str(pretrain_images)], run, resume=True, progress=False)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
     pretrain_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -282,6 +282,11 @@ def _train(
     start_step = 0
     if existing is not None:
         existing, state = load_latest_checkpoint(run_dir)  # skips damaged newer ones
+        if state.get("recipe", "dino") != config.recipe:
+            raise ValueError(
+                f"{existing}: a checkpoint of recipe={state.get('recipe')}; resume it with that "
+                "recipe's config"
+            )
         if state.get("sharded", False) != sharded:
             written = "fsdp" if state.get("sharded") else "ddp"
             raise ValueError(
