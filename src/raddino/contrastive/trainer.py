@@ -42,17 +42,18 @@ from raddino.ssl.data import step_loader, step_progress
 from raddino.ssl.metrics import MetricsLog
 from raddino.ssl.schedules import cosine_schedule
 from raddino.ssl.trainer import (
-    RunExistsError,
     RunSummary,
     TrainingDivergedError,
     autocast_context,
     backbone_config,
     effective_lr,
+    existing_run,
     hold_run_directory,
-    resolve_precision,
     restore_rng,
+    resume_state,
     rng_state,
     seed_everything,
+    training_precision,
 )
 
 
@@ -147,17 +148,10 @@ def _train(
     progress: bool,
 ) -> RunSummary:
     train = config.train
-    precision = resolve_precision(train.precision, env.device)
-    if precision == "fp16" and env.device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
+    precision = training_precision(train.precision, env.device)
     pairs = read_pairs(data)
 
-    existing = latest_checkpoint(run_dir)
-    if existing is not None and not resume:
-        raise RunExistsError(
-            f"{run_dir} already holds a run ({existing.name}); pass --resume to continue it "
-            "or choose another --out"
-        )
+    existing = existing_run(run_dir, resume)
     tokenizer = prepare_tokenizer(config, pairs, run_dir, env, resuming=existing is not None)
     seed_everything(train.seed, 0, train.deterministic)  # the same initial weights everywhere
     model = build_model(config, tokenizer).to(env.device)
@@ -178,12 +172,7 @@ def _train(
 
     start_step = 0
     if existing is not None:
-        existing, state = load_latest_checkpoint(run_dir)  # skips damaged newer ones
-        if state.get("recipe", "dino") != config.recipe:
-            raise ValueError(
-                f"{existing}: a checkpoint of recipe={state.get('recipe', 'dino')}; resume it "
-                "with that recipe's config"
-            )
+        existing, state = resume_state(run_dir, config.recipe)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):

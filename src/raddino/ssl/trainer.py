@@ -162,6 +162,39 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if probe_hardware(device).bf16 else "fp32"
 
 
+def training_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` resolved for ``device`` (:func:`resolve_precision`); fp16 only on
+    CUDA."""
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
+    return resolved
+
+
+def existing_run(run_dir: Path, resume: bool) -> Path | None:
+    """The newest checkpoint of ``run_dir`` (None: a new run); RunExistsError without
+    ``resume``."""
+    existing = latest_checkpoint(run_dir)
+    if existing is not None and not resume:
+        raise RunExistsError(
+            f"{run_dir} already holds a run ({existing.name}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    return existing
+
+
+def resume_state(run_dir: Path, recipe: str) -> tuple[Path, dict]:
+    """The newest loadable checkpoint (damaged newer ones skipped) and its state; a checkpoint
+    another recipe wrote is refused in one line."""
+    path, state = load_latest_checkpoint(run_dir)
+    written = state.get("recipe", "dino")
+    if written != recipe:
+        raise ValueError(
+            f"{path}: a checkpoint of recipe={written}; resume it with that recipe's config"
+        )
+    return path, state
+
+
 def autocast_context(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -251,17 +284,10 @@ def _train(
     progress: bool,
 ) -> RunSummary:
     train = config.train
-    precision = resolve_precision(train.precision, env.device)
-    if precision == "fp16" and env.device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
+    precision = training_precision(train.precision, env.device)
     paths = collect_inputs(data)
 
-    existing = latest_checkpoint(run_dir)
-    if existing is not None and not resume:
-        raise RunExistsError(
-            f"{run_dir} already holds a run ({existing.name}); pass --resume to continue it "
-            "or choose another --out"
-        )
+    existing = existing_run(run_dir, resume)
     seed_everything(train.seed, 0, train.deterministic)  # the same initial weights everywhere
     meta = build_meta(config).to(env.device)
     if env.distributed:
@@ -281,12 +307,7 @@ def _train(
 
     start_step = 0
     if existing is not None:
-        existing, state = load_latest_checkpoint(run_dir)  # skips damaged newer ones
-        if state.get("recipe", "dino") != config.recipe:
-            raise ValueError(
-                f"{existing}: a checkpoint of recipe={state.get('recipe')}; resume it with that "
-                "recipe's config"
-            )
+        existing, state = resume_state(run_dir, config.recipe)
         if state.get("sharded", False) != sharded:
             written = "fsdp" if state.get("sharded") else "ddp"
             raise ValueError(
