@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from raddino.data.manifest import ManifestError
+from raddino.data.splits import split_by_patient
 from raddino.eval.splits import make_splits
 from raddino.eval.targets import parse_target_specs, read_target, read_targets
 
@@ -67,6 +68,22 @@ def test_a_validation_split_is_carved_from_training_patients_when_missing():
     splits = make_splits(rows)
     assert splits.counts()["val"] > 0 and splits.counts()["test"] == 100
     assert not np.any(splits.split[:100] == "val")
+
+
+def test_the_validation_carve_out_works_on_splits_drawn_by_the_same_hash():
+    # An index with no validation share: its test patients hold the bottom 20% of the hash.
+    rows = [
+        {
+            "path": f"/x/{i}.png",
+            "patient_id": f"p{i}",
+            "split": split_by_patient(f"p{i}", 0, 0.2, 0),
+        }
+        for i in range(1000)
+    ]
+    splits = make_splits(rows, val_fraction=0.1, test_fraction=0.2, seed=0)
+    counts = splits.counts()
+    assert 90 < counts["val"] < 160  # the top 0.1 / 0.8 of the hash: about 125 patients
+    assert counts["test"] == sum(row["split"] == "test" for row in rows)
 
 
 def test_bad_split_values_are_refused_with_the_line():

@@ -1,20 +1,22 @@
 """Train / validation / test splits and patients, from the manifest's ``split`` and ``patient_id``.
 
-Without a ``split`` column, patients are assigned deterministically (a hash of the patient id),
-so that no patient has images on both sides; without a validation split, one is carved out of
-the training patients the same way. Every such decision is recorded in ``Splits.notes``.
+Without a ``split`` column, patients are assigned by `raddino.data.splits` (a hash of the
+patient id, as dataset indexers and the synthetic cohort assign them), so that no patient has
+images on both sides; without a validation split, one is carved out of the training patients
+by the same hash. Every such decision is recorded in ``Splits.notes``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from raddino.data.manifest import ManifestError
+from raddino.data.splits import SPLITS, patient_fraction, split_for_fraction
 
-SPLITS = ("train", "val", "test")  # in the order tables show them
+__all__ = ["SPLITS", "SPLIT_NAMES", "Splits", "make_splits"]
+
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -45,12 +47,6 @@ class Splits:
     def subset(self, rows: np.ndarray) -> Splits:
         """The splits of the given rows only (e.g. the images that could be encoded)."""
         return Splits(self.split[rows], self.groups[rows], list(self.notes))
-
-
-def patient_fraction(patient: str, seed: int) -> float:
-    """A stable pseudo-random number in [0, 1) for a patient id."""
-    digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def make_splits(
@@ -92,18 +88,19 @@ def make_splits(
         if unused:
             notes.append(f"{unused} rows without a split value are not used")
         if not (split == "val").any():
-            carve = (split == "train") & (fraction < val_fraction / (1 - test_fraction))
+            # The top of the interval: a manifest whose splits were themselves drawn by this
+            # hash with no validation share has its test patients at the bottom, and its
+            # training patients would hold none of the bottom slice.
+            carve = (split == "train") & (fraction >= 1 - val_fraction / (1 - test_fraction))
             split[carve] = "val"
             notes.append(
                 f"no validation split in the manifest: {int(carve.sum())} training images "
                 "(by patient) are used to choose hyper-parameters"
             )
     else:
-        split = np.where(
-            fraction < test_fraction,
-            "test",
-            np.where(fraction < test_fraction + val_fraction, "val", "train"),
-        ).astype(object)
+        split = np.array(
+            [split_for_fraction(u, val_fraction, test_fraction) for u in fraction], dtype=object
+        )
         notes.append(
             f"no split column: patients assigned {1 - val_fraction - test_fraction:.0%} train, "
             f"{val_fraction:.0%} val, {test_fraction:.0%} test by a hash of their id (seed {seed})"

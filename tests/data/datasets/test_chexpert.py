@@ -11,7 +11,7 @@ import pytest
 
 from raddino.data.datasets import IndexOptions, LabelPolicy, build_index
 from raddino.data.datasets.chexpert import CHEXPERT_LABELS
-from raddino.data.datasets.common import IndexTable
+from raddino.data.datasets.index_table import IndexTable
 from tests.data.datasets.conftest import link
 from tests.data.datasets.files import write_png, write_table
 

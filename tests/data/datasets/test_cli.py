@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from raddino.cli.main import main
-from raddino.data.datasets.common import open_table
+from raddino.data.datasets.csv_tables import open_table
 from tests.data.datasets.files import read_csv, write_png, write_table
 
 

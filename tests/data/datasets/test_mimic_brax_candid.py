@@ -10,7 +10,7 @@ import pytest
 
 from raddino.data.datasets import IndexOptions, LabelPolicy, build_index, index_dataset
 from raddino.data.datasets.chexpert import CHEXPERT_LABELS
-from raddino.data.datasets.common import DatasetLayoutError
+from raddino.data.datasets.errors import DatasetLayoutError
 from raddino.data.datasets.rle import read_mask_png
 from tests.data.datasets.files import (
     disc,

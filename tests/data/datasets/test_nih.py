@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from raddino.data.datasets import IndexOptions, build_index, index_dataset
-from raddino.data.datasets.common import IndexTable, open_table
+from raddino.data.datasets.csv_tables import open_table
+from raddino.data.datasets.index_table import IndexTable
 from tests.data.datasets.conftest import link
 from tests.data.datasets.files import read_csv, write_png, write_table
 

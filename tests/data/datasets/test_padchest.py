@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from raddino.data.datasets import IndexOptions, build_index
-from raddino.data.datasets.common import DatasetLayoutError, IndexTable
+from raddino.data.datasets.errors import DatasetLayoutError
+from raddino.data.datasets.index_table import IndexTable
 from raddino.data.datasets.padchest import parse_label_list
 from tests.data.datasets.conftest import link
 from tests.data.datasets.files import write_png, write_table

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raddino.data.datasets.common import open_table
+from raddino.data.datasets.csv_tables import open_table
 from raddino.data.datasets.rle import (
     RleError,
     is_empty_rle,

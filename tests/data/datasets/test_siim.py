@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from raddino.data.datasets import IndexOptions, build_index, index_dataset
-from raddino.data.datasets.common import DatasetLayoutError, IndexTable, open_table
+from raddino.data.datasets.csv_tables import open_table
+from raddino.data.datasets.errors import DatasetLayoutError
+from raddino.data.datasets.index_table import IndexTable
 from raddino.data.datasets.rle import read_mask_png
 from tests.data.datasets.conftest import link
 from tests.data.datasets.files import read_csv, write_dicom

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from raddino.data.datasets import IndexOptions, build_index
-from raddino.data.datasets.common import IndexTable
+from raddino.data.datasets.index_table import IndexTable
 from raddino.data.datasets.vindr import combine_votes
 from tests.data.datasets.conftest import link
 from tests.data.datasets.files import write_dicom, write_table

@@ -12,12 +12,8 @@ from PIL import Image
 
 from raddino.data.io import read_image
 from raddino.data.manifest import read_manifest
-from raddino.data.synth.cohort import (
-    MANIFEST_COLUMNS,
-    SPLITS,
-    SynthConfig,
-    generate_cohort,
-)
+from raddino.data.splits import SPLITS
+from raddino.data.synth.cohort import MANIFEST_COLUMNS, SynthConfig, generate_cohort
 from raddino.data.synth.findings import FINDINGS
 from raddino.data.synth.render import MASKS
 from raddino.data.synth.report import FORBIDDEN_WORDS
@@ -25,13 +21,16 @@ from raddino.data.synth.source import CtSource
 
 SIZE = 64
 PREVALENCE = {name: 0.5 for name in FINDINGS}
+# Seed 3's ten patient ids hash to all three splits with these fractions.
+CONFIG = SynthConfig(
+    n=10, seed=3, size=SIZE, prevalence=PREVALENCE, val_fraction=0.2, test_fraction=0.2
+)
 
 
 @pytest.fixture(scope="module")
 def cohort(source: CtSource, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
-    config = SynthConfig(n=10, seed=3, size=SIZE, prevalence=PREVALENCE)
-    generate_cohort(out, config, source=source, workers=0, progress=False)
+    generate_cohort(out, CONFIG, source=source, workers=0, progress=False)
     return out
 
 
@@ -96,8 +95,7 @@ def test_reports_state_findings_and_never_hidden_attributes(cohort: Path) -> Non
 def test_same_seed_gives_identical_files_with_any_number_of_workers(
     source: CtSource, cohort: Path, tmp_path: Path
 ) -> None:
-    config = SynthConfig(n=10, seed=3, size=SIZE, prevalence=PREVALENCE)
-    generate_cohort(tmp_path, config, source=source, workers=2, progress=False)
+    generate_cohort(tmp_path, CONFIG, source=source, workers=2, progress=False)
     assert files(tmp_path) == files(cohort)
 
 

@@ -20,17 +20,14 @@ from types import ModuleType
 
 import numpy as np
 
+from raddino.atomic import write_bytes_atomic
 from raddino.data.datasets import brax, candid, chexpert, mimic, nih, padchest, rsna, siim, vindr
-from raddino.data.datasets.common import (
-    FRONTAL_VIEWS,
-    DatasetLayoutError,
-    IndexOptions,
-    IndexTable,
-    LabelPolicy,
-    csv_bytes,
-    format_label,
-    write_atomic,
-)
+from raddino.data.datasets.csv_tables import csv_bytes
+from raddino.data.datasets.errors import DatasetLayoutError
+from raddino.data.datasets.index_table import IndexTable
+from raddino.data.datasets.labels import LabelPolicy, format_label
+from raddino.data.datasets.metadata import FRONTAL_VIEWS
+from raddino.data.datasets.options import IndexOptions
 from raddino.data.datasets.rle import RleError, mask_png_bytes, rle_decode_union
 
 __all__ = [
@@ -193,12 +190,12 @@ def write_index(
             values += [columns[c][i] for c in rest]
             yield values
 
-    write_atomic(out, csv_bytes(header, rows()))
+    write_bytes_atomic(out, csv_bytes(header, rows()))
 
     report = folder / f"{out.stem}.missing.csv"
     if missing:
         id_column = "image_id" if "image_id" in table.columns else "path"
-        write_atomic(
+        write_bytes_atomic(
             report,
             csv_bytes(
                 ["path", "image_id", "reason"],
@@ -212,7 +209,7 @@ def write_index(
         report.unlink()
     summary_path = folder / f"{out.stem}.summary.json"
     summary = _summary(table, keep, options)
-    write_atomic(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
+    write_bytes_atomic(summary_path, (json.dumps(summary, indent=2) + "\n").encode())
     return IndexSummary(
         manifest=out,
         rows=len(keep),
@@ -246,7 +243,7 @@ def _write_masks(
                 f"{mask.source}: {error} (image {mask.height}x{mask.width})"
             ) from error
         relative = Path(folder.name) / mask.structure / f"{ids[mask.row]}.png"
-        write_atomic(folder.parent / relative, mask_png_bytes(pixels))
+        write_bytes_atomic(folder.parent / relative, mask_png_bytes(pixels))
         columns[f"mask_{mask.structure}"][mask.row] = relative.as_posix()
     return columns
 

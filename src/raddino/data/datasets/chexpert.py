@@ -19,19 +19,13 @@ import os
 import re
 from pathlib import Path
 
-from raddino.data.datasets.common import (
-    DatasetLayoutError,
-    IndexOptions,
-    IndexTable,
-    TableBuilder,
-    chexpert_style_labels,
-    find_file,
-    normalise_sex,
-    open_table,
-    parse_age,
-    require_columns,
-    table_header,
-)
+from raddino.data.datasets.csv_tables import open_table, require_columns, table_header
+from raddino.data.datasets.errors import DatasetLayoutError
+from raddino.data.datasets.files import find_file
+from raddino.data.datasets.index_table import IndexTable, TableBuilder
+from raddino.data.datasets.labels import chexpert_style_labels
+from raddino.data.datasets.metadata import normalise_sex, parse_age
+from raddino.data.datasets.options import IndexOptions
 
 NAME = "chexpert"
 CHEXPERT_LABELS = (

@@ -85,11 +85,10 @@ def mask_png_bytes(mask: np.ndarray) -> bytes:
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:
-    """A mask PNG as a bool array (nonzero = inside)."""
-    from PIL import Image
+    """A mask PNG as a bool array (nonzero = inside); :func:`raddino.data.io.read_mask`."""
+    from raddino.data.io import read_mask
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L")) > 0
+    return read_mask(path)
 
 
 def _paint(mask: np.ndarray, text: str, rle_format: str) -> None:

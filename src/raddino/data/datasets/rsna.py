@@ -19,19 +19,13 @@ import json
 import os
 from pathlib import Path
 
-from raddino.data.datasets.common import (
-    DatasetLayoutError,
-    IndexOptions,
-    IndexTable,
-    TableBuilder,
-    find_file,
-    find_images_by_stem,
-    image_header,
-    open_table,
-    require_columns,
-    split_by_patient,
-    table_header,
-)
+from raddino.data.datasets.csv_tables import open_table, require_columns, table_header
+from raddino.data.datasets.errors import DatasetLayoutError
+from raddino.data.datasets.files import find_file, find_images_by_stem
+from raddino.data.datasets.headers import image_header
+from raddino.data.datasets.index_table import IndexTable, TableBuilder
+from raddino.data.datasets.options import IndexOptions
+from raddino.data.splits import split_by_patient
 
 NAME = "rsna-pneumonia"
 LABELS = ("Pneumonia",)

@@ -18,20 +18,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from raddino.data.datasets.common import (
-    IndexOptions,
-    IndexTable,
-    PendingMask,
-    TableBuilder,
-    find_file,
-    find_images_by_stem,
-    image_header,
-    open_table,
-    require_columns,
-    split_by_patient,
-    table_header,
-)
+from raddino.data.datasets.csv_tables import open_table, require_columns, table_header
+from raddino.data.datasets.files import find_file, find_images_by_stem
+from raddino.data.datasets.headers import image_header
+from raddino.data.datasets.index_table import IndexTable, PendingMask, TableBuilder
+from raddino.data.datasets.options import IndexOptions
 from raddino.data.datasets.rle import RLE_FORMATS, is_empty_rle
+from raddino.data.splits import split_by_patient
 
 NAME = "siim-acr"
 LABELS = ("Pneumothorax",)

@@ -10,7 +10,8 @@ Layout of ``out/``::
 Image ``i`` is a pure function of (source CT, configuration, ``seed``, ``i``): its random
 choices come from ``numpy.random.default_rng([seed, i])`` and rendering runs single-threaded,
 so any number of worker processes writes the same files. Splits are by patient (one image per
-virtual patient here), drawn from ``seed``.
+virtual patient here): `raddino.data.splits` hashes each patient id with ``seed``, so the split
+sizes are close to, not exactly, the fractions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from raddino.atomic import write_atomic
+from raddino.data.splits import check_split_fractions, split_by_patient
 from raddino.data.synth.anatomy import PREP_VERSION, cached_anatomy, read_anatomy
 from raddino.data.synth.findings import DEFAULT_PREVALENCE, FINDINGS
 from raddino.data.synth.patient import CohortOptions, sample_patient
@@ -45,16 +47,16 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     *(f"mask_{name}" for name in MASKS),
     "report",
 )
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 FIELD_AT_PATIENT_MM = 340.0
 """Typical width of the image at the patient; sets the working grid's resolution for a size."""
 
 
-RENDER_VERSION = 3
-"""Raised whenever the same config and seed render different images (2: larger and denser
-nodules and consolidations, radio-opaque devices averaged over each pixel's area; 3: breasts
-and nodules with partial-volume margins that each ray crosses over one depth step, without the
-concentric rings that coarse depth sampling drew in their shadows)."""
+RENDER_VERSION = 4
+"""Raised whenever the same config and seed give a different cohort, images or manifest (2:
+larger and denser nodules and consolidations, radio-opaque devices averaged over each pixel's
+area; 3: breasts and nodules with partial-volume margins that each ray crosses over one depth
+step, without the concentric rings that coarse depth sampling drew in their shadows; 4: the same
+images, splits from a hash of each patient id). The demo re-renders its cohort when it changes."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +89,7 @@ class SynthConfig:
             raise ValueError(f"ap_fraction: {self.ap_fraction} is not a fraction")
         if min(self.sid_pa_mm, self.sid_ap_mm) < 500.0:
             raise ValueError("sid_pa_mm, sid_ap_mm: source-image distances below 500 mm")
-        if (
-            self.val_fraction < 0
-            or self.test_fraction < 0
-            or (self.val_fraction + self.test_fraction >= 1.0)
-        ):
-            raise ValueError("val_fraction + test_fraction must lie in [0, 1)")
+        check_split_fractions(self.val_fraction, self.test_fraction)
 
     def options(self) -> CohortOptions:
         return CohortOptions(
@@ -117,17 +114,13 @@ def patient_id(seed: int, index: int) -> str:
 
 
 def assign_splits(n: int, config: SynthConfig) -> list[str]:
-    """Split of each patient: a seeded permutation, test then val then train."""
-    order = np.random.default_rng([config.seed, 7]).permutation(n)
-    n_test = round(n * config.test_fraction)
-    n_val = round(n * config.val_fraction)
-    splits = ["train"] * n
-    for rank, index in enumerate(order):
-        if rank < n_test:
-            splits[index] = "test"
-        elif rank < n_test + n_val:
-            splits[index] = "val"
-    return splits
+    """Split of each of the ``n`` patients, from its id and the cohort seed."""
+    return [
+        split_by_patient(
+            patient_id(config.seed, index), config.val_fraction, config.test_fraction, config.seed
+        )
+        for index in range(n)
+    ]
 
 
 class CaseWriter:
