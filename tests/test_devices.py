@@ -52,6 +52,16 @@ def test_cuda_without_a_gpu_says_so():
         check_device("cuda")
 
 
+def test_pretraining_checks_train_device_with_the_same_rule():
+    from raddino.ssl.distributed import init_distributed
+
+    assert init_distributed("auto").device.type == check_device("auto").type
+    assert init_distributed("cpu").device == torch.device("cpu")
+    if not GPU:
+        with pytest.raises(ValueError, match=r"^train\.device 'cuda': CUDA is not available"):
+            init_distributed("cuda")
+
+
 def command_lines(tmp: Path) -> dict[str, list[str]]:
     """A command line per command that takes --device (inputs need not exist: the device is
     checked first)."""

@@ -1,9 +1,15 @@
-"""Which torch device a ``--device`` value names: the one check behind every command's option.
+"""Which torch device a ``--device`` value names, and what that device computes natively.
 
-raddino computes on the CPU and on CUDA GPUs. A value torch does not parse (``foo``), one it
-parses but raddino cannot use (``mps``, ``xpu``, ``meta``) and one this machine lacks (``cuda``
-without a GPU, ``cuda:3`` on a one-GPU machine) are all refused with one line that names the
-value and the values that would work here, before any work starts.
+raddino computes on the CPU and on CUDA GPUs. :func:`check_device` is the one check behind every
+command's ``--device`` and every config's ``device``: a value torch does not parse (``foo``), one
+it parses but raddino cannot use (``mps``, ``xpu``, ``meta``) and one this machine lacks
+(``cuda`` without a GPU, ``cuda:3`` on a one-GPU machine) are all refused with one line that
+names the value and the values that would work here, before any work starts. ``auto`` is CUDA
+when present, else the CPU.
+
+:func:`has_native_bf16` says whether a device multiplies bfloat16 matrices in hardware; the
+precision policy (:mod:`raddino.precision`) and the inference-mode decisions
+(:mod:`raddino.models.modes`) read it from here.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ def available_devices() -> list[str]:
     return names
 
 
-def check_device(name: str | torch.device) -> torch.device:
-    """``--device`` as a torch.device (``auto``: CUDA when present, else the CPU).
+def check_device(name: str | torch.device, option: str = "--device") -> torch.device:
+    """``name`` as a torch.device (``auto``: CUDA when present, else the CPU).
 
-    Raises ValueError, one line naming the value and the available ones, for anything else.
+    Raises ValueError, one line naming ``option``, the value and the available ones, for
+    anything else.
     """
     text = str(name).strip()
     if text == "auto":
@@ -35,7 +42,7 @@ def check_device(name: str | torch.device) -> torch.device:
         reason = _unavailable(device)
         if reason is None:
             return device
-    raise ValueError(f"--device {text!r}: {reason}; available: {', '.join(available_devices())}")
+    raise ValueError(f"{option} {text!r}: {reason}; available: {', '.join(available_devices())}")
 
 
 def _unavailable(device: torch.device) -> str | None:
@@ -50,3 +57,34 @@ def _unavailable(device: torch.device) -> str | None:
             return f"this machine has {count} CUDA device{'s' if count != 1 else ''}"
         return None
     return f"raddino runs on the CPU or CUDA GPUs, not on {device.type!r}"
+
+
+def cpuinfo_field(*keys: str) -> str:
+    """The value of the first /proc/cpuinfo line starting with one of ``keys`` ('' elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX on x86: what oneDNN's bf16 matmuls run at full speed on."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return True
+    return bool(set(cpuinfo_field("flags").split()) & {"avx512_bf16", "amx_bf16"})
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware rather than emulating them:
+    CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False

@@ -221,13 +221,14 @@ def test_bf16_features_are_within_tolerance_of_the_fp32_run(
 def test_auto_mode_prints_what_it_chose_and_why(
     image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
 ):
-    from raddino.models.modes import choose_dtype, probe_hardware, short_name
+    from raddino.models.modes import choose_dtype, probe_hardware
+    from raddino.precision import short_name
 
     out = tmp_path / "store"
     assert main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),
                  "--workers", "0", "--no-progress"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    expected = short_name(choose_dtype("auto", probe_hardware("cpu")).value)
+    expected = short_name(choose_dtype(None, probe_hardware("cpu")).value)
     assert f"precision: {expected} (auto: " in printed
     assert "compile: off (auto: 5 images are too few" in printed
     assert load_features(out).meta["dtype"] == {"bf16": "bfloat16", "fp32": "float32"}[expected]
@@ -296,17 +297,3 @@ def test_full_patch_shards_are_capped_in_bytes(
     features = load_features(out)
     assert [Path(p).name for p in features.paths] == [f"img{i}.png" for i in range(5)]
     assert np.asarray(features.patches).shape == (5, 64, 37, 37)
-
-
-def test_help_mentions_the_library_compile_threshold():
-    from raddino.cli import encode as encode_cli
-    from raddino.models.modes import COMPILE_MIN_IMAGES
-
-    assert encode_cli.COMPILE_MIN_IMAGES == COMPILE_MIN_IMAGES
-
-
-def test_dtype_choices_of_the_cli_are_the_librarys():
-    from raddino.cli import encode as encode_cli
-    from raddino.models.modes import DTYPE_NAMES
-
-    assert set(encode_cli.DTYPE_CHOICES) == {"auto", *DTYPE_NAMES}

@@ -54,7 +54,7 @@ def test_store_directory_depends_on_encoder_and_settings(tiny_vit_dir, tmp_path)
         store_directory(
             tmp_path, EncoderSpec(str(tiny_vit_dir), image_size=56), FeatureRequest(), OPTIONS
         ),
-        store_directory(tmp_path, spec, FeatureRequest(), EncodeOptions(dtype="bfloat16")),
+        store_directory(tmp_path, spec, FeatureRequest(), EncodeOptions(dtype=torch.bfloat16)),
     }
     assert base not in others and len(others) == 4
 

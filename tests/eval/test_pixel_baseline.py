@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from raddino.cli.main import main
@@ -137,7 +138,7 @@ def test_pixel_features_are_cached_under_their_side_and_processor(
     def store(s: EncoderSpec, options: EncodeOptions = OPTIONS) -> Path:
         return store_directory(tmp_path, s, FeatureRequest(), options)
 
-    assert store(spec, EncodeOptions(dtype="bfloat16")) == first.store  # always float32
+    assert store(spec, EncodeOptions(dtype=torch.bfloat16)) == first.store  # always float32
     others = {
         store(spec.as_pixels(16)),
         store(EncoderSpec(str(tiny_vit_dir), image_size=112).as_pixels(8)),

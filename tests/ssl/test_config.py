@@ -62,16 +62,15 @@ def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively(
 ) -> None:
     import torch
 
-    from raddino.models import modes
-    from raddino.ssl.trainer import resolve_precision
+    from raddino import devices
+    from raddino.ssl.trainer import training_precision
 
     assert load_config(None, ["train.precision=auto"]).train.precision == "auto"
     cpu = torch.device("cpu")
-    for native, expected in ((True, "bf16"), (False, "fp32")):
-        fake = modes.Hardware("cpu", "fake CPU", native, False, False, False)
-        monkeypatch.setattr(modes, "probe_hardware", lambda device, fake=fake: fake)
-        assert resolve_precision("auto", cpu) == expected
-        for fixed in ("fp32", "bf16", "fp16"):
-            assert resolve_precision(fixed, cpu) == fixed
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda native=native: native)
+        assert training_precision("auto", cpu) == expected
+        for fixed, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            assert training_precision(fixed, cpu) == dtype
     with pytest.raises(ConfigError, match=r"train\.precision"):
         load_config(None, ["train.precision=fp8"])

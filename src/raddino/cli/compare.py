@@ -6,13 +6,15 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from raddino.cli.probe import (
+from raddino.cli.options import (
     add_evaluation_arguments,
     add_probe_arguments,
+    add_segment_arguments,
     encode_options,
     probe_config,
+    segment_config,
+    structures,
 )
-from raddino.cli.segment import add_segment_arguments, segment_config, structures
 
 # raddino.eval.pixels.DEFAULT_SIDE, spelled out so that parsing does not import torch (a test
 # checks that they agree)

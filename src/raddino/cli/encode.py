@@ -5,17 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raddino.cli.options import add_device_argument, add_dtype_argument
 from raddino.data.io import DEFAULT_MAX_PIXELS
 
 HELP = "encode images (files, folders, manifest CSVs) into a features store"
-COMPILE_MIN_IMAGES = 64  # mirrors raddino.models.modes (not imported: --help stays torch-free)
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
-
-
-def parse_dtype_argument(text: str) -> str:
-    if text.lower() not in DTYPE_CHOICES:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose auto, fp32, bf16 or fp16")
-    return text.lower()
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -40,24 +33,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model", required=True, help="HF Dinov2 directory or DINOv2 .safetensors/.pth"
     )
     parser.add_argument("--out", required=True, help="features store directory")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument(
-        "--dtype",
+    add_device_argument(parser, default="cpu")
+    add_dtype_argument(
+        parser,
         default="auto",
-        type=parse_dtype_argument,
-        metavar="{auto,fp32,bf16,fp16}",
-        help="model precision; auto = bf16 on GPUs with bf16 (else fp16), bf16 on CPUs with "
-        "native bf16 matmuls (AVX512-BF16 or AMX), fp32 otherwise; accuracy of each mode vs "
-        "fp32 in docs/encoding.md (default: auto)",
+        what="the model's precision",
+        note="accuracy of each against fp32 in docs/encoding.md",
     )
     parser.add_argument(
         "--compile",
         default="auto",
         choices=["auto", "off", "onednn", "inductor"],
         help="onednn = trace the model and fuse it with oneDNN Graph (CPU); inductor = "
-        "torch.compile; auto = onednn on CPU in fp32/bf16 for jobs of at least "
-        f"{COMPILE_MIN_IMAGES} images, off otherwise and on GPU; a failed compile falls back "
-        "to eager with a warning (default: auto)",
+        "torch.compile; auto = onednn on CPU in fp32/bf16 for jobs large enough to repay the "
+        "tracing (the run prints its choice and why; threshold in docs/encoding.md), off "
+        "otherwise and on GPU; a failed compile falls back to eager with a warning "
+        "(default: auto)",
     )
     parser.add_argument(
         "--batch-size",
@@ -105,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from raddino.devices import check_device
     from raddino.features.encode import EncodeOptions, encode_to_store
     from raddino.models.encoder import RadDino
-    from raddino.models.modes import choose_dtype, probe_hardware, short_name
+    from raddino.models.modes import choose_dtype, probe_hardware
+    from raddino.precision import short_name
 
     device = check_device(args.device)
     precision = choose_dtype(args.dtype, probe_hardware(device))
@@ -113,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     options = EncodeOptions(
         batch_size=default_batch if args.batch_size is None else args.batch_size,
         num_workers=args.workers,
-        device=args.device,
-        dtype=short_name(precision.value),
+        device=device,
+        dtype=precision.value,
         compile=args.compile,
         patch_tokens=args.patch_tokens,
         layers=args.layers,

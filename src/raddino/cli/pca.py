@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raddino.cli.probe import positive_int
-from raddino.cli.similarity import add_device_argument
+from raddino.cli.options import add_device_argument, positive_int
 
 HELP = "colour each patch by the first three principal components of the patch tokens"
 DESCRIPTION = f"""{HELP}.
@@ -62,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="blacken patches whose scaled first component is <= T, in [0, 1] (default: off)",
     )
-    add_device_argument(parser)
+    add_device_argument(parser, default="auto")
     parser.add_argument(
         "--batch-size", type=positive_int, default=8, help="images per batch (default: 8)"
     )

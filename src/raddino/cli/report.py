@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from raddino.cli.options import add_device_argument, add_dtype_argument, positive_int
 
 HELP = "report generation: a projector + language model on frozen features, and its metrics"
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    add_device_argument(parser, default="cpu")
     parser.add_argument(
         "--cache", default=None, help="features cache directory (default: RUN/features)"
     )
@@ -38,10 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--corpus", required=True, help="manifest CSV with a 'report' column")
     init.add_argument("--out", required=True, help="language model directory to write")
     init.add_argument("--split", default="train", help="rows used as corpus (default: train)")
-    init.add_argument("--vocab-size", type=_positive, default=1000)
-    init.add_argument("--hidden-size", type=_positive, default=128)
-    init.add_argument("--layers", type=_positive, default=2)
-    init.add_argument("--heads", type=_positive, default=4)
+    init.add_argument("--vocab-size", type=positive_int, default=1000)
+    init.add_argument("--hidden-size", type=positive_int, default=128)
+    init.add_argument("--layers", type=positive_int, default=2)
+    init.add_argument("--heads", type=positive_int, default=4)
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=run_init_lm)
 
@@ -57,9 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="projector only (stage 1), + LoRA (stage 2), or + all LM weights (small LMs)",
     )
     train.add_argument("--init", default=None, help="start from this run's projector")
-    train.add_argument("--steps", type=_positive, default=1000, help="optimiser steps")
-    train.add_argument("--batch-size", type=_positive, default=8)
-    train.add_argument("--grad-accum", type=_positive, default=1)
+    train.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps")
+    train.add_argument("--batch-size", type=positive_int, default=8)
+    train.add_argument("--grad-accum", type=positive_int, default=1)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--warmup-steps", type=int, default=0)
     train.add_argument("--weight-decay", type=float, default=0.0)
@@ -67,17 +61,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--pool", type=int, default=0, help="pool patches to POOLxPOOL tokens (0 = all)"
     )
     train.add_argument("--prompt", default=None, help="prompt with one <image> placeholder")
-    train.add_argument("--max-target-tokens", type=_positive, default=256)
-    train.add_argument("--lora-r", type=_positive, default=8)
-    train.add_argument("--lora-alpha", type=_positive, default=16)
+    train.add_argument("--max-target-tokens", type=positive_int, default=256)
+    train.add_argument("--lora-r", type=positive_int, default=8)
+    train.add_argument("--lora-alpha", type=positive_int, default=16)
     train.add_argument("--split", default="train", help="training rows (default: train)")
-    train.add_argument(
-        "--precision",
+    add_dtype_argument(
+        train,
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="autocast precision; auto = bf16/fp16 on GPU, fp32 on CPU",
+        flag="--precision",
+        what="autocast precision on GPU",
+        note="on the CPU report models train in float32",
     )
-    train.add_argument("--save-every", type=_positive, default=200)
+    train.add_argument("--save-every", type=positive_int, default=200)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-resume", action="store_true", help="start over even if RUN exists")
     _common(train)
@@ -88,9 +83,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--manifest", required=True, help="manifest CSV")
     gen.add_argument("--out", required=True, help="predictions CSV (path, report)")
     gen.add_argument("--split", default="test", help="rows to report on; 'all' = every row")
-    gen.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy)")
-    gen.add_argument("--max-new-tokens", type=_positive, default=128)
-    gen.add_argument("--batch-size", type=_positive, default=8)
+    gen.add_argument("--beams", type=positive_int, default=1, help="beam width (1 = greedy)")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=128)
+    gen.add_argument("--batch-size", type=positive_int, default=8)
     _common(gen)
     gen.set_defaults(run=run_generate)
 
@@ -167,9 +162,11 @@ def run_train(args: argparse.Namespace) -> int:
         init_from=args.init,
         resume=not args.no_resume,
     )
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    if lines:
-        print(f"final loss {json.loads(lines[-1])['loss']:.4f}")
+    from raddino.ssl.metrics import read_metrics
+
+    rows = read_metrics(out)
+    if rows:
+        print(f"final loss {rows[-1]['loss']:.4f}")
     print(f"report run: {out}")
     return 0
 

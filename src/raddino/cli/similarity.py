@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from raddino.cli.probe import positive_int
+from raddino.cli.options import add_device_argument, positive_int
 
 HELP = "similarity of one query patch to every patch of other images (the paper's Figure 2)"
 DESCRIPTION = f"""{HELP}.
@@ -44,14 +44,6 @@ def parse_point(text: str) -> tuple[float, float]:
     return x, y
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="cpu, cuda, cuda:1, ...; auto = cuda when available, else cpu (default: auto)",
-    )
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "similarity",
@@ -77,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "targets", nargs="+", metavar="TARGET_IMG", help="images to compare the patch with"
     )
     parser.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg...)")
-    add_device_argument(parser)
+    add_device_argument(parser, default="auto")
     parser.add_argument(
         "--batch-size", type=positive_int, default=8, help="images per batch (default: 8)"
     )

@@ -36,6 +36,7 @@ from raddino.contrastive.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from raddino.precision import parse_dtype, short_name
 from raddino.ssl import distributed
 from raddino.ssl.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
 from raddino.ssl.data import step_loader, step_progress
@@ -155,7 +156,7 @@ def _train(
     tokenizer = prepare_tokenizer(config, pairs, run_dir, env, resuming=existing is not None)
     seed_everything(train.seed, 0, train.deterministic)  # the same initial weights everywhere
     model = build_model(config, tokenizer).to(env.device)
-    if precision == "bf16" and env.device.type == "cpu":
+    if precision == torch.bfloat16 and env.device.type == "cpu":
         # as the ViT's attention (models/vit.py): PyTorch's CPU SDPA backward is slow in bf16;
         # the text tower's step takes 67 ms with explicit matmuls against 94 ms (preset, 32 x 96)
         model.text.encoder.set_attn_implementation("eager")
@@ -168,7 +169,7 @@ def _train(
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
         towers = DistributedDataParallel(model, device_ids=device_ids)
     optimizer = build_optimizer(model, config.optim)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
 
     start_step = 0
     if existing is not None:
@@ -191,8 +192,8 @@ def _train(
             f"{tokenizer.get_vocab_size()}, {env.world_size} process(es) x batch "
             f"{train.batch_size} = global batch {global_batch}, lr {lr:.3g} "
             f"({config.optim.lr_scaling} scaling of {config.optim.base_lr:g} per 1024), "
-            f"steps {start_step} -> {train.steps}, device {env.device}, {precision}"
-            + (" (auto)" if train.precision == "auto" else ""),
+            f"steps {start_step} -> {train.steps}, device {env.device}, {short_name(precision)}"
+            + (" (auto)" if parse_dtype(train.precision) is None else ""),
             file=sys.stderr,
         )
     distributed.barrier()

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raddino.devices import check_device
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.pixels import PixelEncoder, encode_pixels_to_store
 from raddino.features.encode import (
@@ -28,10 +27,10 @@ from raddino.features.encode import (
     PatchMode,
     encode_to_store,
     mean_patch_token,
-    resolve_dtype,
 )
 from raddino.features.store import Features, ShardedArray, load_features
 from raddino.models.encoder import RadDino
+from raddino.precision import resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,13 @@ def store_directory(
     cache_root: str | Path, spec: EncoderSpec, request: FeatureRequest, options: EncodeOptions
 ) -> Path:
     """The cache directory for this encoder and these settings."""
-    if spec.pixels:  # computed on the CPU in float32 whatever the options say
-        dtype = torch.float32
-    else:
-        dtype = resolve_dtype(options.dtype, check_device(options.device))
+    # the pixel baseline is computed on the CPU in float32 whatever the options say
+    dtype = torch.float32 if spec.pixels else resolve_dtype(options.dtype, options.device)
     key = {
         "encoder": spec.fingerprint(),
         "patch_tokens": request.patch_tokens,
         "layers": sorted(set(request.layers)),
-        "dtype": str(dtype),
+        "dtype": str(dtype),  # "torch.float32": the keys of existing caches
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.label).strip("_") or "encoder"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,20 +22,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from raddino.data.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image, to_uint8
-from raddino.data.preprocess import PreprocessConfig, array_to_chw_uint8, normalize, resize_and_crop
+from raddino.data.io import DEFAULT_MAX_PIXELS, ImageReadError
+from raddino.data.preprocess import PreprocessConfig, load_crop, model_input
 from raddino.devices import check_device
 from raddino.features.store import FeatureStoreWriter, StoreSummary
 from raddino.models.encoder import RadDino
 from raddino.models.fast import InferenceEngine
 from raddino.models.modes import (
     COMPILE_CHOICES,
-    DTYPE_NAMES,
     choose_compile,
     configure_cpu_threads,
-    parse_dtype,
     probe_hardware,
 )
+from raddino.precision import dtype_name, resolve_dtype
 
 PatchMode = Literal["none", "full", "pooled"]
 
@@ -44,35 +43,22 @@ PatchMode = Literal["none", "full", "pooled"]
 SHARD_BYTES = 64 * 2**20
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype ``EncodeOptions.dtype`` stands for.
-
-    ``auto`` -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU: the
-    conservative rule that keeps evaluation caches comparable across machines. ``raddino
-    encode --dtype auto`` also picks bf16 on CPUs with native bf16 matmuls and passes the
-    concrete dtype (:func:`raddino.models.modes.choose_dtype`).
-    """
-    name = parse_dtype(name)
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return DTYPE_NAMES[name]
-
-
 @dataclass(frozen=True)
 class EncodeOptions:
     """How to encode: batching, workers, device, precision, compilation and what to store.
 
-    dtype: auto (see :func:`resolve_dtype`), fp32/float32, bf16/bfloat16, fp16/float16.
+    device: a ``torch.device``; a name (``cpu``, ``cuda:1``, ``auto``) is checked and turned
+    into one here (:func:`raddino.devices.check_device`).
+    dtype: the model's precision; None = auto (:func:`raddino.precision.resolve_dtype`). Float32
+    unless asked, so that feature caches and probe numbers are the same on every machine.
     compile: off, onednn, inductor or auto (:func:`raddino.models.modes.choose_compile`); a
     failed compile falls back to eager with a warning.
     """
 
     batch_size: int = 16
     num_workers: int = 2
-    device: str = "cpu"
-    dtype: str = "auto"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype | None = torch.float32
     compile: str = "off"
     patch_tokens: PatchMode = "none"
     layers: tuple[int, ...] = ()
@@ -87,7 +73,12 @@ class EncodeOptions:
             raise ValueError(f"num_workers={self.num_workers} must be >= 0")
         if self.shard_size < 1:
             raise ValueError(f"shard_size={self.shard_size} must be >= 1")
-        parse_dtype(self.dtype)
+        object.__setattr__(self, "device", check_device(self.device))
+        if self.dtype is not None and not isinstance(self.dtype, torch.dtype):
+            raise TypeError(
+                f"dtype={self.dtype!r}: pass a torch.dtype or None (auto); "
+                "raddino.precision.parse_dtype reads names"
+            )
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile={self.compile!r}: choose {', '.join(COMPILE_CHOICES)}")
         if self.patch_tokens not in ("none", "full", "pooled"):
@@ -123,8 +114,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor | None, str | None]:
         path = self.paths[index]
         try:
-            image = to_uint8(read_image(path, max_pixels=self.max_pixels), source=path)
-            return path, resize_and_crop(array_to_chw_uint8(image), self.config), None
+            return path, load_crop(path, self.config, max_pixels=self.max_pixels), None
         except ImageReadError as error:
             return path, None, error.reason
         except (OSError, ValueError, RuntimeError, MemoryError) as error:
@@ -153,7 +143,7 @@ def store_meta(model: RadDino, model_id: str, options: EncodeOptions, dtype: tor
         "model": model_id,
         "model_config": model.config.to_dict(),
         "preprocess": model.preprocess_config.to_dict(),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "patch_tokens": options.patch_tokens,
         "layers": list(options.layers),
         "embed_dim": model.embed_dim,
@@ -174,7 +164,7 @@ def batch_arrays(
     num_register_tokens: int = 0,
 ) -> dict[str, np.ndarray]:
     """Run the engine on uint8 pixels (B, C, H, W); return float32 arrays to store."""
-    inputs = normalize(pixels.to(engine.device, non_blocking=True), config, engine.dtype)
+    inputs = model_input(pixels, config, engine.device, engine.dtype)
     output = engine(inputs)
     arrays = {"cls": output.cls}
     if options.patch_tokens == "full":
@@ -216,7 +206,7 @@ def build_engine(
     decision (threads, compile) with its reason, and the compile steps.
     """
     log = log or (lambda message: None)
-    device = check_device(options.device)
+    device = options.device
     dtype = resolve_dtype(options.dtype, device)
     hardware = probe_hardware(device)
     compile_choice = choose_compile(options.compile, hardware, dtype, num_images)
@@ -249,11 +239,11 @@ def encode_to_store(
     reuses an already prepared (e.g. compiled) :func:`build_engine` result for this model and
     options; ``log`` receives the setup decisions (see :func:`build_engine`).
     """
-    device = check_device(options.device)
+    device = options.device
     dtype = resolve_dtype(options.dtype, device)
     model = model.to(device=device, dtype=dtype).eval()
     layers = model.backbone.resolve_layers(options.layers)
-    options = EncodeOptions(**{**options.__dict__, "layers": tuple(layers)})
+    options = replace(options, dtype=dtype, layers=tuple(layers))
     writer = FeatureStoreWriter(
         out_dir, store_meta(model, model_id, options, dtype), shard_rows(model, options)
     )

@@ -3,8 +3,9 @@
 Each decision is a pure function of what the machine offers (:class:`Hardware`), so it can be
 unit-tested with fake capabilities, and returns its reason for the user:
 
-- :func:`choose_dtype`: ``auto`` = bf16 on GPUs with bf16 (fp16 on older GPUs), bf16 on CPUs with
-  native bf16 matmuls (AVX512-BF16 or AMX), fp32 otherwise.
+- :func:`choose_dtype`: ``auto`` is the one precision rule of :mod:`raddino.precision`
+  (:func:`~raddino.precision.auto_dtype`), here applied to the probed hardware; a requested
+  precision the hardware only emulates is flagged.
 - :func:`choose_compile`: ``auto`` = ``onednn`` (the model traced with TorchScript and fused by
   oneDNN Graph) on CPUs for jobs of :data:`COMPILE_MIN_IMAGES` images or more, off on GPUs.
 
@@ -20,14 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
+from raddino.devices import cpuinfo_field, has_native_bf16
+from raddino.precision import auto_dtype, short_name
+
 COMPILE_CHOICES = ("auto", "off", "onednn", "inductor")
 
 # ``--compile auto`` uses oneDNN Graph on CPU for jobs from this many images on: tracing and the
@@ -42,11 +38,6 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.bfloat16: {"cls": 0.999, "patches": 0.995},
     torch.float16: {"cls": 0.999, "patches": 0.995},
 }
-
-
-def short_name(dtype: torch.dtype) -> str:
-    """fp32, bf16 or fp16."""
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 # --------------------------------------------------------------------------- hardware
@@ -67,27 +58,6 @@ class Hardware:
     fp16: bool
     onednn_graph: bool
     compiler: bool
-
-
-def _cpuinfo_field(*keys: str) -> str:
-    """The value of the first /proc/cpuinfo line starting with one of ``keys`` ('' elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(keys):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX on x86: what oneDNN's bf16 matmuls run at full speed on."""
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, probe, None)
-        if check is not None and check():
-            return True
-    return bool(set(_cpuinfo_field("flags").split()) & {"avx512_bf16", "amx_bf16"})
 
 
 def cpp_compiler_available() -> bool:
@@ -116,18 +86,18 @@ def probe_hardware(device: torch.device | str) -> Hardware:
         return Hardware(
             device_type="cuda",
             name=torch.cuda.get_device_name(index),
-            bf16=torch.cuda.is_bf16_supported(),
+            bf16=has_native_bf16(device),
             fp16=True,
             onednn_graph=False,
             compiler=triton_available(),
         )
     if device.type == "cpu":
-        model = _cpuinfo_field("model name") or platform.processor() or platform.machine()
+        model = cpuinfo_field("model name") or platform.processor() or platform.machine()
         amx_fp16 = getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
         return Hardware(
             device_type="cpu",
             name=f"{model} ({torch.backends.cpu.get_cpu_capability()})",
-            bf16=cpu_has_native_bf16(),
+            bf16=has_native_bf16(device),
             fp16=bool(amx_fp16()),
             onednn_graph=onednn_graph_available(),
             compiler=cpp_compiler_available(),
@@ -146,34 +116,20 @@ class Choice:
     reason: str
 
 
-def parse_dtype(name: str) -> str:
-    """Normalise a dtype name: auto, fp32/float32, bf16/bfloat16, fp16/float16."""
-    name = name.lower()
-    if name != "auto" and name not in DTYPE_NAMES:
-        raise ValueError(f"dtype {name!r}: choose auto, fp32, bf16 or fp16")
-    return name
-
-
-def choose_dtype(requested: str, hardware: Hardware) -> Choice:
-    """The precision to encode in; ``value`` is a ``torch.dtype``."""
-    requested = parse_dtype(requested)
-    if requested != "auto":
-        dtype = DTYPE_NAMES[requested]
-        native = {torch.bfloat16: hardware.bf16, torch.float16: hardware.fp16}.get(dtype, True)
-        if native:
-            return Choice(dtype, "requested")
-        return Choice(
-            dtype,
-            f"requested; {hardware.name} has no native {short_name(dtype)} matmuls, so this "
-            "may be slower than fp32",
-        )
-    if hardware.device_type == "cuda":
-        if hardware.bf16:
-            return Choice(torch.bfloat16, f"auto: {hardware.name} supports bf16")
-        return Choice(torch.float16, f"auto: {hardware.name} has no bf16, using fp16")
-    if hardware.device_type == "cpu" and hardware.bf16:
-        return Choice(torch.bfloat16, "auto: CPU has native bf16 matmuls (AVX512-BF16 or AMX)")
-    return Choice(torch.float32, f"auto: no native bf16 on {hardware.name}")
+def choose_dtype(requested: torch.dtype | None, hardware: Hardware) -> Choice:
+    """The precision to encode in (None = auto); ``value`` is a ``torch.dtype``."""
+    if requested is None:
+        dtype = auto_dtype(torch.device(hardware.device_type), native_bf16=hardware.bf16)
+        native = "has" if hardware.bf16 else "has no"
+        return Choice(dtype, f"auto: {hardware.name} {native} native bf16 matmuls")
+    native = {torch.bfloat16: hardware.bf16, torch.float16: hardware.fp16}.get(requested, True)
+    if native:
+        return Choice(requested, "requested")
+    return Choice(
+        requested,
+        f"requested; {hardware.name} has no native {short_name(requested)} matmuls, so this "
+        "may be slower than fp32",
+    )
 
 
 def choose_compile(

@@ -126,7 +126,8 @@ class TrainSection:
     batch_size: int = 64  # per process
     num_workers: int = 2
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, gradient scaler) | auto
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, gradient scaler) | auto: see
+    # raddino.precision (float32, bfloat16, float16 are read too)
     device: str = "auto"  # auto | cpu | cuda
     strategy: str = "ddp"  # ddp | fsdp (multi-process only)
     checkpoint_every: int = 100
@@ -170,7 +171,6 @@ _CHOICES = {
     "model.arch": ("tiny", "small", "base", "large", "giant"),
     "loss.centering": ("softmax", "sinkhorn_knopp"),
     "optim.lr_scaling": ("sqrt", "linear", "none"),
-    "train.precision": ("fp32", "bf16", "fp16", "auto"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.strategy": ("ddp", "fsdp"),
 }
@@ -183,6 +183,14 @@ def validate(config: PretrainConfig) -> None:
         value = getattr(getattr(config, section), name)
         if value not in choices:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(choices)}")
+    from raddino.precision import DTYPE_CHOICES, parse_dtype  # here: the module stays torch-free
+
+    try:
+        parse_dtype(config.train.precision)
+    except ValueError:
+        raise ConfigError(
+            f"train.precision={config.train.precision!r}: choose {DTYPE_CHOICES}"
+        ) from None
     positive = [
         "model.patch_size", "model.image_size", "head.out_dim", "head.hidden_dim",
         "head.bottleneck_dim", "head.n_layers", "crops.global_size", "crops.local_size",

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from raddino.devices import check_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -25,15 +27,17 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
+def init_distributed(device: str | torch.device = "auto") -> DistEnv:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the process group:
-    NCCL on GPUs, gloo on CPUs. Without torchrun: a single process."""
+    NCCL on GPUs, gloo on CPUs. Without torchrun: a single process.
+
+    ``device`` (``train.device``) is checked by :func:`raddino.devices.check_device`; on CUDA
+    each process takes the GPU of its LOCAL_RANK.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda: CUDA is not available on this machine")
+    use_cuda = check_device(device, option="train.device").type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
         target = torch.device("cuda", local_rank)

@@ -25,6 +25,7 @@ from raddino.data.manifest import collect_inputs
 from raddino.models.heads import HeadConfig, load_head_file
 from raddino.models.vit import ViTConfig, vit_config
 from raddino.output_lock import OutputLock
+from raddino.precision import parse_dtype, resolve_dtype, short_name
 from raddino.ssl import distributed
 from raddino.ssl.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
 from raddino.ssl.config import PretrainConfig
@@ -152,23 +153,16 @@ def step_masks(
     return masks[rows + [g + r for r in rows]]
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the device computes it natively (CUDA with bf16, CPUs with
-    AVX512-BF16 or AMX), else fp32; other values are returned unchanged."""
-    if precision != "auto":
-        return precision
-    from raddino.models.modes import probe_hardware
-
-    return "bf16" if probe_hardware(device).bf16 else "fp32"
-
-
-def training_precision(precision: str, device: torch.device) -> str:
-    """``train.precision`` resolved for ``device`` (:func:`resolve_precision`); fp16 only on
-    CUDA."""
-    resolved = resolve_precision(precision, device)
-    if resolved == "fp16" and device.type != "cuda":
+def training_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``train.precision`` (a config name) as the autocast dtype on ``device``; ``auto`` by
+    :func:`raddino.precision.auto_dtype`. fp16 only on CUDA (its gradient scaler is CUDA's)."""
+    try:
+        dtype = resolve_dtype(parse_dtype(precision), device)
+    except ValueError as error:
+        raise ValueError(f"train.precision: {error}") from None
+    if dtype == torch.float16 and device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
-    return resolved
+    return dtype
 
 
 def existing_run(run_dir: Path, resume: bool) -> Path | None:
@@ -195,11 +189,11 @@ def resume_state(run_dir: Path, recipe: str) -> tuple[Path, dict]:
     return path, state
 
 
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp32":
+def autocast_context(precision: torch.dtype, device: torch.device):
+    """Autocast to ``precision`` on ``device``; nothing for float32."""
+    if precision == torch.float32:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=precision)
 
 
 def clip_gradients(branch: torch.nn.Module, max_norm: float) -> None:
@@ -303,7 +297,7 @@ def _train(
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
         student = DistributedDataParallel(meta.student, device_ids=device_ids)
     optimizer = build_optimizer(meta.student, config.optim)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
 
     start_step = 0
     if existing is not None:
@@ -329,8 +323,8 @@ def _train(
             f"pre-training {len(paths)} images, {env.world_size} process(es) x batch "
             f"{train.batch_size} = global batch {global_batch}, lr {lr:.3g} "
             f"({config.optim.lr_scaling} scaling of {config.optim.base_lr:g} per 1024), "
-            f"steps {start_step} -> {train.steps}, device {env.device}, {precision}"
-            + (" (auto)" if train.precision == "auto" else ""),
+            f"steps {start_step} -> {train.steps}, device {env.device}, {short_name(precision)}"
+            + (" (auto)" if parse_dtype(train.precision) is None else ""),
             file=sys.stderr,
         )
     distributed.barrier()

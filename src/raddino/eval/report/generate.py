@@ -15,7 +15,8 @@ from raddino.eval.encoders import EncoderSpec
 from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
 from raddino.eval.report.lm import load_lm
 from raddino.eval.report.model import ReportModel, ReportModelConfig
-from raddino.features.encode import EncodeOptions, resolve_dtype
+from raddino.eval.report.train import compute_dtype
+from raddino.features.encode import EncodeOptions
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,14 @@ def run_encoder(run_config: dict) -> EncoderSpec:
 
 
 def load_report_model(run_dir: str | Path, device: str = "cpu") -> ReportModel:
-    """The trained model of a run, in eval mode on ``device`` (LoRA merged into the LM)."""
+    """The trained model of a run, in eval mode on ``device`` (LoRA merged into the LM); the LM
+    in the ``auto`` compute dtype (:func:`~raddino.eval.report.train.compute_dtype`)."""
     from safetensors.torch import load_file
 
     run = Path(run_dir)
     config = read_run_config(run)
     target = check_device(device)
-    dtype = resolve_dtype("auto", target)
+    dtype = compute_dtype(None, target)
     stage = config["train"]["stage"]
     lm, tokenizer = load_lm(run / "lm" if stage == "full" else config["lm"], dtype=dtype)
     if stage == "lora":

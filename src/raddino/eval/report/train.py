@@ -23,7 +23,6 @@ Run directory::
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -39,7 +38,10 @@ from raddino.eval.encoders import EncoderSpec
 from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
 from raddino.eval.report.lm import load_lm
 from raddino.eval.report.model import DEFAULT_PROMPT, ReportModel, ReportModelConfig
-from raddino.features.encode import EncodeOptions, resolve_dtype
+from raddino.features.encode import EncodeOptions
+from raddino.precision import dtype_name, resolve_dtype
+from raddino.ssl.metrics import MetricsLog
+from raddino.ssl.schedules import cosine_schedule, linear_warmup
 
 STAGES = ("projector", "lora", "full")
 
@@ -66,7 +68,7 @@ class TrainConfig:
     split: str = "train"
     seed: int = 0
     device: str = "cpu"
-    precision: str = "auto"  # auto (bf16/fp16 autocast on GPU), float32, bfloat16, float16
+    precision: torch.dtype | None = None  # autocast dtype on GPU (None = auto); see compute_dtype
     log_every: int = 10
     save_every: int = 200
     progress: bool = True
@@ -79,6 +81,11 @@ class TrainConfig:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be > 0")
+        if self.precision is not None and not isinstance(self.precision, torch.dtype):
+            raise TypeError(
+                f"precision={self.precision!r}: pass a torch.dtype or None (auto); "
+                "raddino.precision.parse_dtype reads names"
+            )
 
 
 def sample_indices(step: int, micro: int, config: TrainConfig, n: int) -> np.ndarray:
@@ -94,16 +101,22 @@ def sample_indices(step: int, micro: int, config: TrainConfig, n: int) -> np.nda
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to 0."""
+    """Linear warm-up (reaching ``lr`` at the last warm-up step), then cosine decay to 0."""
     if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return linear_warmup(step + 1, 0.0, config.lr, config.warmup_steps)
+    return cosine_schedule(step, config.lr, 0.0, config.steps, config.warmup_steps)
 
 
-def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
-    """Compute precision: ``auto`` = bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU."""
-    return resolve_dtype(config.precision, device)
+def compute_dtype(precision: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The dtype a report model computes in on ``device``.
+
+    On CUDA: ``precision`` (None = auto, :func:`raddino.precision.resolve_dtype`), used for
+    autocast and as the dtype of a frozen or generating LM. On the CPU: float32, where report
+    models use neither.
+    """
+    if device.type != "cuda":
+        return torch.float32
+    return resolve_dtype(precision, device)
 
 
 def apply_stage(model: ReportModel, config: TrainConfig) -> ReportModel:
@@ -130,9 +143,10 @@ def apply_stage(model: ReportModel, config: TrainConfig) -> ReportModel:
 def build_model(
     lm_dir: str | Path, encoder_dim: int, config: TrainConfig, device: torch.device
 ) -> ReportModel:
-    """Projector + LM from ``lm_dir``; a frozen LM is held in the GPU's half precision."""
-    compute = autocast_dtype(config, device)
-    lm_dtype = compute if config.stage != "full" and device.type == "cuda" else torch.float32
+    """Projector + LM from ``lm_dir``; a frozen LM is held in the compute dtype (half precision
+    on GPU, :func:`compute_dtype`)."""
+    compute = compute_dtype(config.precision, device)
+    lm_dtype = compute if config.stage != "full" else torch.float32
     lm, tokenizer = load_lm(lm_dir, dtype=lm_dtype)
     model_config = ReportModelConfig(
         encoder_dim=encoder_dim,
@@ -201,13 +215,13 @@ def train_report_model(
         "lm": str(Path(lm_dir).resolve()),
         "init_from": str(init_from) if init_from else None,
         "model": model.config.to_dict(),
-        "train": asdict(config),
+        "train": {**asdict(config), "precision": dtype_name(config.precision)},
         "train_images": len(usable),
     }
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    compute = autocast_dtype(config, device)
-    use_autocast = device.type == "cuda" and compute != torch.float32
+    compute = compute_dtype(config.precision, device)
+    use_autocast = compute != torch.float32
     scaler = torch.amp.GradScaler("cuda", enabled=use_autocast and compute == torch.float16)
 
     step = 0
@@ -233,7 +247,7 @@ def train_report_model(
         }
         _atomic_save(state, checkpoint)
 
-    log = (out / "metrics.jsonl").open("a" if step else "w")
+    log = MetricsLog(out, step + 1, tensorboard=False)  # rows count the steps done: keep <= step
     model.train()
     bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="train")
     start, seen = time.perf_counter(), 0
@@ -261,8 +275,7 @@ def train_report_model(
         bar.set_postfix(loss=f"{total:.4f}")
         if step % config.log_every == 0 or step == config.steps:
             rate = seen / max(1e-9, time.perf_counter() - start)
-            log.write(json.dumps({"step": step, "loss": total, "lr": lr, "images_s": rate}) + "\n")
-            log.flush()
+            log.log(step, {"loss": total, "lr": lr, "images_s": rate})
         if step % config.save_every == 0 and step < config.steps:
             save_checkpoint()
     bar.close()

@@ -1,0 +1,72 @@
+"""Shared command-line options: one module, torch-free parsing, dtype names as torch dtypes."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import raddino.cli
+from raddino.cli.main import build_parser
+from raddino.precision import DTYPES
+
+CLI = Path(raddino.cli.__file__).parent
+EVALUATION = ["--manifest", "m.csv", "--out", "out"]
+COMMANDS = {
+    "probe": ["probe", "--model", "m", "--targets", "effusion", *EVALUATION],
+    "segment": ["segment", "--model", "m", "--masks", "heart", *EVALUATION],
+    "compare": ["compare", "--models", "m", "--targets", "effusion", *EVALUATION],
+}
+
+
+def test_no_command_module_imports_another():
+    """Only ``main`` (the dispatcher) imports command modules; shared options live in
+    ``options``."""
+    for path in CLI.glob("*.py"):
+        if path.stem == "main":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("raddino.cli"):
+                assert node.module == "raddino.cli.options", f"{path.name}: {node.module}"
+
+
+def test_building_the_parser_does_not_import_torch():
+    code = (
+        "import sys; from raddino.cli.main import build_parser; build_parser(); "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_evaluation_encodes_in_float32_unless_asked(command):
+    parser = build_parser()
+    assert parser.parse_args(COMMANDS[command]).dtype == torch.float32
+    assert parser.parse_args([*COMMANDS[command], "--dtype", "auto"]).dtype is None
+    assert parser.parse_args([*COMMANDS[command], "--dtype", "bf16"]).dtype == torch.bfloat16
+
+
+def test_encode_and_report_training_default_to_auto():
+    parser = build_parser()
+    assert parser.parse_args(["encode", "a.png", "--model", "m", "--out", "o"]).dtype is None
+    train = ["report", "train", "--encoder", "e", "--lm", "l", "--manifest", "m", "--out", "o"]
+    assert parser.parse_args(train).precision is None
+    assert parser.parse_args([*train, "--precision", "float32"]).precision == torch.float32
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+def test_every_library_dtype_name_is_an_option_value(name):
+    args = build_parser().parse_args([*COMMANDS["probe"], "--dtype", name.upper()])
+    assert args.dtype == DTYPES[name]
+
+
+def test_a_bad_dtype_is_an_argparse_error_naming_it(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*COMMANDS["probe"], "--dtype", "int8"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --dtype: dtype 'int8': choose auto, fp32 (float32)" in err
