@@ -15,7 +15,7 @@ from raddino.eval.caveats import EvaluationWarning
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.heads import build_head
 from raddino.eval.seg_data import FeatureMaps
-from raddino.eval.segment import SegmentConfig, score, segmentation_loss, train_head
+from raddino.eval.segment import SegmentConfig, batches, score, segmentation_loss, train_head
 from raddino.eval.segment_report import (
     head_blocks,
     load_segment_inputs,
@@ -134,7 +134,7 @@ def test_mask_of_the_wrong_size_is_refused_naming_the_file(tiny_vit_dir, disk_co
 
     manifest = copy_cohort(disk_cohort, tmp_path, edit)
     spec = EncoderSpec(str(tiny_vit_dir), image_size=112)
-    with pytest.raises(ValueError, match=r"small_mask\.png is 60x50 .* its image is 112x112"):
+    with pytest.raises(ValueError, match=r"small_mask\.png: 60x50 .* its image is 112x112"):
         segment_manifest(spec, manifest, ["disk"], tmp_path / "out", OPTIONS, SegmentConfig())
 
 
@@ -150,3 +150,13 @@ def test_missing_mask_column_and_unannotated_test_split_are_refused(disk_cohort,
     manifest = copy_cohort(disk_cohort, tmp_path, edit)
     with pytest.raises(ValueError, match=r"'disk' .* has no mask in the test split"):
         load_segment_inputs(manifest, ["disk"])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 13])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batches_cover_every_row_once_without_a_batch_of_one(rows: int, shuffle: bool) -> None:
+    rng = np.random.default_rng(0) if shuffle else None
+    chunks = batches(np.arange(rows), 4, rng)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(rows))
+    assert all(len(c) <= 5 for c in chunks)
+    assert rows == 1 or all(len(c) > 1 for c in chunks)

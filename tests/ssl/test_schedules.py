@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from raddino.ssl.schedules import Schedules, cosine_schedule, linear_warmup
@@ -47,3 +48,46 @@ def test_schedules_bundle_matches_dinov2_shapes():
     assert schedules.at(99).momentum == pytest.approx(1.0, abs=1e-5)
     assert [schedules.at(s).last_layer_lr for s in range(5)] == [0.0] * 5
     assert schedules.at(7).last_layer_lr == schedules.at(7).lr > 0
+
+
+def report_model_lr_formula(step: int, lr: float, warmup: int, steps: int) -> float:
+    """Report-model training's schedule written out: warm-up counting the step being taken, then
+    cosine decay to 0 over the steps after the warm-up."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@pytest.mark.parametrize(("warmup", "steps"), [(0, 40), (1, 40), (5, 40), (10, 300), (50, 1000)])
+@pytest.mark.parametrize("lr", [1e-4, 3e-4, 2e-3, 0.1])
+def test_report_model_learning_rate_is_its_formula_through_the_shared_schedule(
+    lr: float, warmup: int, steps: int
+):
+    from raddino.eval.report.train import TrainConfig, learning_rate
+
+    config = TrainConfig(lr=lr, warmup_steps=warmup, steps=steps)
+    edges = {0, 1, warmup - 1, warmup, warmup + 1, steps // 2, steps - 1, steps, steps + 5}
+    for step in sorted(s for s in edges if s >= 0):
+        expected = report_model_lr_formula(step, lr, warmup, steps)
+        actual = learning_rate(step, config)
+        # pi * (i / n) there, (pi * i) / n here: equal to the last bits of a float64, and
+        # identical as the float32 the optimiser applies
+        assert actual == pytest.approx(expected, rel=1e-11, abs=1e-300)
+        assert np.float32(actual) == np.float32(expected)
+    if warmup:
+        assert learning_rate(warmup - 1, config) == learning_rate(warmup, config) == lr
+
+
+@pytest.mark.parametrize("total", [1, 7, 64, 1000])
+def test_segmentation_head_multiplier_is_the_shared_cosine_bit_for_bit(total: int):
+    for step in sorted({0, 1, total // 3, total // 2, total - 1, total, total + 3}):
+        former = 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        assert cosine_schedule(step, 1.0, 0.0, total) == former
+
+
+def test_warmup_edges_of_the_shared_schedule():
+    args = dict(base=2.0, final=0.5, total_steps=30, warmup_steps=10, start_warmup=0.0)
+    assert cosine_schedule(9, **args) == 2.0 * 9 / 10
+    assert cosine_schedule(10, **args) == 2.0  # the first cosine step is the peak
+    assert cosine_schedule(29, **args) > 0.5 and cosine_schedule(30, **args) == 0.5

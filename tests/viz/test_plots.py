@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from raddino.viz.plots import plot_training_curves, read_metrics_file, smooth
+from raddino.viz.plots import plot_training_curves, smooth
 
 
 def write_run(directory: Path, steps: int, keys: tuple[str, ...], torn: bool = False) -> Path:
@@ -27,20 +27,18 @@ def write_run(directory: Path, steps: int, keys: tuple[str, ...], torn: bool = F
 ALL_KEYS = ("loss", "dino_global", "dino_local", "ibot", "koleo", "teacher_entropy")
 
 
-def test_torn_last_line_is_ignored(tmp_path: Path):
-    run = write_run(tmp_path / "run", 5, ALL_KEYS, torn=True)
-    rows = read_metrics_file(run)
-    assert [row["step"] for row in rows] == [0, 1, 2, 3, 4]
-    assert read_metrics_file(run / "metrics.jsonl") == rows
-
-
-def test_malformed_line_in_the_middle_is_an_error_naming_it(tmp_path: Path):
-    run = write_run(tmp_path / "run", 3, ("loss",))
-    lines = (run / "metrics.jsonl").read_text().splitlines()
+def test_a_torn_last_line_is_skipped_and_a_malformed_middle_line_is_an_error_naming_it(
+    tmp_path: Path,
+):
+    """The rule of :func:`raddino.ssl.metrics.read_metrics`, which the plots read through."""
+    torn = write_run(tmp_path / "torn", 5, ("loss",), torn=True)
+    assert plot_training_curves({"a": torn}, tmp_path / "torn.png", keys=("loss",)).is_file()
+    broken = write_run(tmp_path / "broken", 3, ("loss",))
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
     lines[1] = "{not json"
-    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (broken / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
-        read_metrics_file(run)
+        plot_training_curves({"a": broken}, tmp_path / "broken.png", keys=("loss",))
 
 
 def test_runs_with_and_without_ibot_are_plotted_together(tmp_path: Path):

@@ -21,6 +21,11 @@ class ManifestError(ValueError):
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a manifest CSV, with ``path`` resolved against the CSV's folder."""
+    return read_manifest_table(path)[1]
+
+
+def read_manifest_table(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns of a manifest CSV, in file order, and its rows (as :func:`read_manifest`)."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -29,6 +34,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
                 raise ManifestError(
                     f"{path}: a manifest needs a 'path' column (found {reader.fieldnames})"
                 )
+            columns = list(reader.fieldnames)
             rows = []
             for line, row in enumerate(reader, start=2):
                 value = (row.get("path") or "").strip()
@@ -38,7 +44,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, str]]:
                 rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise ManifestError(f"{path}: cannot read manifest ({error})") from error
-    return rows
+    return columns, rows
 
 
 def resolve_manifest_path(manifest: Path, value: str) -> str:

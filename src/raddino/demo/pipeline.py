@@ -8,7 +8,6 @@ only decides sizes, paths and which outputs feed which stage (see ``docs/demo.md
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import time
@@ -369,6 +368,7 @@ class Demo:
     # cohort ----------------------------------------------------------------
 
     def run_cohort(self, ctx: StageContext) -> dict:
+        from raddino.data.manifest import read_manifest
         from raddino.data.synth import generate_cohort
 
         # generate_cohort renders every image again (it cannot skip finished ones), so a
@@ -384,9 +384,8 @@ class Demo:
         seconds = time.perf_counter() - started
         self.rates.synth_seconds_per_image = seconds / summary.images
         splits: dict[str, int] = {}
-        with self.paths.manifest.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                splits[row["split"]] = splits.get(row["split"], 0) + 1
+        for row in read_manifest(self.paths.manifest):
+            splits[row["split"]] = splits.get(row["split"], 0) + 1
         return {
             "images": summary.images,
             "size": self.sizes.size,

@@ -24,7 +24,13 @@ from raddino.demo.options import (
     DemoPaths,
 )
 from raddino.demo.stages import format_duration, read_json
-from raddino.eval.tables import METRIC_NAMES, markdown_table
+from raddino.eval.tables import (
+    METRIC_NAMES,
+    format_interval,
+    format_number,
+    format_percent,
+    markdown_table,
+)
 
 TITLE = "RAD-DINO demo: image-only vs language-supervised pre-training on synthetic radiographs"
 SYNTHETIC_NOTE = (
@@ -120,22 +126,17 @@ def to_html(title: str, blocks: list[Block], root: Path) -> str:
 # --------------------------------------------------------------------------- content
 
 
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def estimate_cell(e: dict) -> str:
+    """An estimate of the summary JSON: ``0.912 [0.890, 0.931]``."""
+    return format_interval(e.get("value"), e.get("low"), e.get("high"))
 
 
-def fmt_estimate(e: dict) -> str:
-    if e.get("low") is None or e.get("high") is None:
-        return fmt(e.get("value"))
-    return f"{fmt(e['value'])} [{fmt(e['low'])}, {fmt(e['high'])}]"
-
-
-def fmt_difference(d: dict | None) -> str:
+def difference_cell(d: dict | None) -> str:
+    """A paired difference of the summary JSON: ``+0.021 [-0.004, +0.045]``, `` *`` appended
+    when its interval excludes 0; empty when there is none."""
     if not d or d.get("value") is None:
         return ""
-    text = f"{d['value']:+.3f}"
-    if d.get("low") is not None and d.get("high") is not None:
-        text += f" [{d['low']:+.3f}, {d['high']:+.3f}]"
+    text = format_interval(d["value"], d.get("low"), d.get("high"), signed=True)
     return text + (" *" if d.get("significant") else "")
 
 
@@ -147,8 +148,8 @@ def result_table(summary: dict, rows: list[dict], first: str) -> Block:
     body = []
     for row in rows:
         cells = [row["target"], METRIC_NAMES.get(row["metric"], row["metric"])]
-        cells += [fmt_estimate(row["values"][label]) for label in labels]
-        cells += [fmt_difference(row["differences"].get(p)) for p in pairs]
+        cells += [estimate_cell(row["values"][label]) for label in labels]
+        cells += [difference_cell(row["differences"].get(p)) for p in pairs]
         body.append(cells)
     return Block("table", header=header, rows=body)
 
@@ -230,8 +231,9 @@ def forest_block(paths: DemoPaths, summary: dict) -> list[Block]:
     write_forest_plot(paths.figures / "forest.svg", rows, comparisons)
     caption = (
         "Paired differences a - b on the test split with "
-        f"{summary['interval_level']:.0%} bootstrap CIs over patients (filled: the CI excludes 0); "
-        "right of 0 favours a. The Figure 2 hit rate has no interval (its pairs share images)."
+        f"{format_percent(summary['interval_level'])} bootstrap CIs over patients (filled: the CI "
+        "excludes 0); right of 0 favours a. The Figure 2 hit rate has no interval (its pairs "
+        "share images)."
     )
     return [Block("figure", caption, path=str(png.relative_to(paths.root)))]
 
@@ -243,7 +245,7 @@ def evaluation_blocks(summary: dict) -> list[Block]:
         Block("p", summary["headline"].get("statement", "")),
         Block(
             "p",
-            f"Each cell: test-split value [{level:.0%} bootstrap CI over patients, "
+            f"Each cell: test-split value [{format_percent(level)} bootstrap CI over patients, "
             f"{summary['n_resamples']} resamples]. Δ a - b: paired difference (the same "
             "resamples for every encoder); * marks an interval that excludes 0. Features: CLS + "
             "mean patch token, frozen encoders; probes chosen on the validation split.",
@@ -331,16 +333,16 @@ def correspondence_sentence(scores: dict[str, dict]) -> str:
         return ""
     first = next(iter(scores.values()))
     hits = ", ".join(
-        f"{100 * s['hit_rate']:.1f}%{' of pairs' if i == 0 else ''} for {label}"
+        f"{format_percent(s['hit_rate'], 1)}{' of pairs' if i == 0 else ''} for {label}"
         for i, (label, s) in enumerate(scores.items())
     )
-    ranks = ", ".join(f"{s['auroc']:.3f} for {label}" for label, s in scores.items())
+    ranks = ", ".join(f"{format_number(s['auroc'])} for {label}" for label, s in scores.items())
     return (
         f"Figure 2 over all {first['pairs']} ordered pairs of test images with nodules (query: "
         "the patch most covered by the query's nodule): the other image's most similar lung or "
-        f"nodule patch lies on its nodule in {hits} (chance {100 * first['chance']:.1f}%); its "
-        f"nodule patches rank above its other lung patches with AUROC {ranks}. The pairs share "
-        "images, so no interval is given."
+        f"nodule patch lies on its nodule in {hits} (chance "
+        f"{format_percent(first['chance'], 1)}); its nodule patches rank above its other lung "
+        f"patches with AUROC {ranks}. The pairs share images, so no interval is given."
     )
 
 
@@ -368,11 +370,11 @@ def report_generation_blocks(paths: DemoPaths, skipped: str) -> list[Block]:
         body.append(
             [
                 label,
-                fmt(scores["bleu1"], 1),
-                fmt(scores["bleu4"], 1),
-                fmt(scores["rougeL"]),
-                fmt(c["micro"]["f1"]),
-                fmt(c["macro"]["f1"]),
+                format_number(scores["bleu1"], 1),
+                format_number(scores["bleu4"], 1),
+                format_number(scores["rougeL"]),
+                format_number(c["micro"]["f1"]),
+                format_number(c["macro"]["f1"]),
             ]
         )
         baseline = baseline or scores.get("baseline_most_common_report")
@@ -381,11 +383,11 @@ def report_generation_blocks(paths: DemoPaths, skipped: str) -> list[Block]:
         body.append(
             [
                 "most common report",
-                fmt(baseline.get("bleu1"), 1),
-                fmt(baseline.get("bleu4"), 1),
-                fmt(baseline.get("rougeL")),
-                fmt(c["micro"]["f1"]),
-                fmt(c["macro"]["f1"]),
+                format_number(baseline.get("bleu1"), 1),
+                format_number(baseline.get("bleu4"), 1),
+                format_number(baseline.get("rougeL")),
+                format_number(c["micro"]["f1"]),
+                format_number(c["macro"]["f1"]),
             ]
         )
     blocks.append(Block("table", header=header, rows=body))
@@ -410,10 +412,14 @@ def pretraining_blocks(markers: dict[str, dict]) -> list[Block]:
                 result["run_dir"],
                 str(result["steps"]),
                 "n/a" if per_step is None else f"{per_step * result['steps'] / 60:.1f} min",
-                f"{fmt(first.get('loss'))} -> {fmt(last.get('loss'))}",
-                f"{fmt(first.get('ibot'))} -> {fmt(last.get('ibot'))}" if "ibot" in last else "",
-                fmt(last.get("teacher_entropy")) if "teacher_entropy" in last else "",
-                fmt(last.get("retrieval_accuracy")) if "retrieval_accuracy" in last else "",
+                f"{format_number(first.get('loss'))} -> {format_number(last.get('loss'))}",
+                f"{format_number(first.get('ibot'))} -> {format_number(last.get('ibot'))}"
+                if "ibot" in last
+                else "",
+                format_number(last.get("teacher_entropy")) if "teacher_entropy" in last else "",
+                format_number(last.get("retrieval_accuracy"))
+                if "retrieval_accuracy" in last
+                else "",
             ]
         )
     header = [

@@ -20,12 +20,12 @@ from raddino.features.encode import EncodeOptions
 
 def generation_rows(paths: DemoPaths, rows: int) -> Path:
     """The first ``rows`` test images of the cohort, as a manifest (absolute paths)."""
-    with paths.manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fields = list(reader.fieldnames or [])
-        chosen = [r for r in reader if r["split"] == "test"][:rows]
+    from raddino.data.manifest import read_manifest_table
+
+    fields, cohort = read_manifest_table(paths.manifest)
+    chosen = [r for r in cohort if r["split"] == "test"][:rows]
     for row in chosen:
-        row["path"] = str((paths.cohort / row["path"]).resolve())
+        row["path"] = str(Path(row["path"]).resolve())
 
     def write(temp: Path) -> None:
         with temp.open("w", newline="", encoding="utf-8") as handle:

@@ -4,7 +4,8 @@
 from the first encoder. The demo also wants differences from the *random* encoder and a macro
 AUROC over the seven findings only (compare's macro row averages every binary target, ``sex``
 included). Every encoder's estimates come from the same patient resamples, so both are computed
-resample by resample, exactly as compare computes its own differences and macros.
+resample by resample by :mod:`raddino.eval.bootstrap`, the functions compare uses for its own
+differences and macros.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from raddino.eval.bootstrap import Estimate, percentile_interval
+from raddino.eval.bootstrap import Estimate, mean_of, paired_difference
 from raddino.eval.compare import CompareReport
+from raddino.eval.tables import format_number, format_percent, format_signed
 
 MACRO_TARGET = "findings macro"
 LINEAR = "linear"
@@ -27,20 +29,11 @@ def estimate_dict(estimate: Estimate) -> dict[str, float | None]:
 
 
 def difference(a: Estimate, b: Estimate, level: float) -> dict:
-    """a - b with the percentile interval of the per-resample differences."""
+    """a - b with its paired-bootstrap interval, as JSON; without an interval when the two lack
+    common resamples (estimates without samples)."""
     if a.samples.shape != b.samples.shape or a.samples.size == 0:
-        return {"value": _num(a.value - b.value), "low": None, "high": None, "significant": False}
-    low, high = percentile_interval(a.samples - b.samples, level)
-    d = Estimate(a.value - b.value, low, high)
-    return {**d.to_dict(), "significant": bool(np.isfinite(low) and d.excludes(0.0))}
-
-
-def macro(estimates: list[Estimate], level: float) -> Estimate:
-    """Mean of several metrics, resample by resample (as ``eval.bootstrap.mean_of``)."""
-    value = float(np.mean([e.value for e in estimates]))
-    samples = np.mean(np.stack([e.samples for e in estimates]), axis=0)
-    low, high = percentile_interval(samples, level)
-    return Estimate(value, low, high, samples)
+        return Estimate(a.value - b.value, np.nan, np.nan).to_difference_dict()
+    return paired_difference(a, b, level).to_difference_dict()
 
 
 def comparison_pairs(labels: list[str], random_label: str) -> list[tuple[str, str]]:
@@ -101,7 +94,7 @@ def summarise_comparison(
             per = [r for r in report.rows if r.task == task and r.metric == metric]
             per = [r for r in per if r.target in findings]
             if per:
-                values = {lab: macro([r.values[lab] for r in per], level) for lab in labels}
+                values = {lab: mean_of([r.values[lab] for r in per], level) for lab in labels}
                 macros[(task, metric)] = values
                 rows.append(row_summary(task, MACRO_TARGET, metric, values, pairs, level))
     mean_dice = next(
@@ -190,13 +183,15 @@ def _sentence(name: str, a: Estimate, b: Estimate, d: dict, level: float) -> str
         interval = "no interval"
     else:
         mark = "excludes 0" if d["significant"] else "includes 0"
-        interval = f"{level:.0%} CI [{d['low']:+.3f}, {d['high']:+.3f}], {mark}"
+        interval = (
+            f"{format_percent(level)} CI [{format_signed(d['low'])}, {format_signed(d['high'])}], "
+            f"{mark}"
+        )
     name = name[0].upper() + name[1:]
-    return f"{name}: {a.value:.3f} vs {b.value:.3f} ({d['value']:+.3f}; {interval})."
-
-
-def _num(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
+    return (
+        f"{name}: {format_number(a.value)} vs {format_number(b.value)} "
+        f"({format_signed(d['value'])}; {interval})."
+    )
 
 
 def report_examples(subset: Path, predictions: dict[str, Path], n: int) -> list[dict[str, str]]:

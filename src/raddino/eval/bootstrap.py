@@ -5,12 +5,18 @@ each drawn patient, as often as the patient was drawn. It is represented as inte
 image (B, n), so any metric of :mod:`raddino.eval.metrics` evaluates all resamples at once.
 
 The same seed gives the same resamples: metrics of two encoders on the same test images are then
-paired, and the interval of their *difference* says whether one is better (:func:`paired`).
+paired, and the interval of their *difference* says whether one is better
+(:func:`paired_difference`). A macro average is taken resample by resample (:func:`mean_of`).
+A resample in which a metric is undefined (NaN: one class only) is left out of the interval and
+counted (:attr:`Estimate.undefined`).
+
+This module is the one place these statistics are computed; comparisons (``raddino compare``)
+and the demo's summary call it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,8 +37,12 @@ class Estimate:
         return {"value": _num(self.value), "low": _num(self.low), "high": _num(self.high)}
 
     def excludes(self, value: float) -> bool:
-        """Whether ``value`` lies outside the interval."""
+        """Whether ``value`` lies outside the interval (False when there is no interval)."""
         return bool(self.low > value or self.high < value)
+
+    def to_difference_dict(self) -> dict[str, float | bool | None]:
+        """As a paired difference: :meth:`to_dict` and whether the interval excludes 0."""
+        return {**self.to_dict(), "significant": self.excludes(0.0)}
 
     @property
     def undefined(self) -> int:
@@ -117,19 +127,32 @@ class PatientBootstrap:
         return self.from_samples(point, samples)
 
     def from_samples(self, point: float, samples: np.ndarray) -> Estimate:
-        low, high = percentile_interval(samples, self.level)
-        return Estimate(point, low, high, samples)
+        return estimate_from_samples(point, samples, self.level)
 
 
-def mean_of(estimates: list[Estimate], bootstrap: PatientBootstrap) -> Estimate:
-    """The mean of several metrics (a macro average), resample by resample."""
+def estimate_from_samples(point: float, samples: np.ndarray, level: float = 0.95) -> Estimate:
+    """``point`` with the percentile interval of its per-resample ``samples`` (NaN left out)."""
+    low, high = percentile_interval(samples, level)
+    return Estimate(point, low, high, samples)
+
+
+def mean_of(estimates: Sequence[Estimate], level: float = 0.95) -> Estimate:
+    """The mean of several metrics (a macro average), resample by resample.
+
+    A resample in which any of the metrics is undefined is undefined for the mean."""
     point = float(np.mean([e.value for e in estimates]))
     samples = np.mean(np.stack([e.samples for e in estimates]), axis=0)
-    return bootstrap.from_samples(point, samples)
+    return estimate_from_samples(point, samples, level)
 
 
-def paired(a: Estimate, b: Estimate, bootstrap: PatientBootstrap) -> Estimate:
-    """The difference a - b with its interval, from the same resamples (paired bootstrap)."""
+def paired_difference(a: Estimate, b: Estimate, level: float = 0.95) -> Estimate:
+    """The difference a - b with its interval, resample by resample (paired bootstrap).
+
+    a, b: estimates from the same resamples (the same :class:`PatientBootstrap` seed on the same
+    test images); a resample undefined for either is undefined for the difference."""
     if a.samples.shape != b.samples.shape:
-        raise ValueError("paired differences need estimates from the same resamples")
-    return bootstrap.from_samples(a.value - b.value, a.samples - b.samples)
+        raise ValueError(
+            f"paired differences need estimates from the same resamples "
+            f"(got {a.samples.shape} and {b.samples.shape} samples)"
+        )
+    return estimate_from_samples(a.value - b.value, a.samples - b.samples, level)

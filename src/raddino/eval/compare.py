@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from raddino.devices import check_device
-from raddino.eval.bootstrap import Estimate, percentile_interval
+from raddino.eval.bootstrap import Estimate, paired_difference
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.features import encode_for_eval, pooled_request
 from raddino.eval.pixels import check_pixel_specs
@@ -37,7 +37,8 @@ from raddino.eval.tables import (
     METRIC_NAMES,
     format_counts,
     format_estimate,
-    format_number,
+    format_percent,
+    format_signed,
     interval_note,
     markdown_table,
     write_json,
@@ -67,10 +68,7 @@ class ComparisonRow:
             "metric": self.metric,
             "counts": self.counts,
             "values": self.values,
-            "differences": {
-                label: {**d.to_dict(), "significant": d.excludes(0.0)}
-                for label, d in self.differences.items()
-            },
+            "differences": {label: d.to_difference_dict() for label, d in self.differences.items()},
         }
 
 
@@ -119,11 +117,7 @@ def paired_row(
     row = ComparisonRow(task, target, metric, values, counts=counts)
     reference = estimates[0]
     for label, estimate in zip(labels[1:], estimates[1:], strict=True):
-        if estimate.samples.shape != reference.samples.shape:
-            raise ValueError("paired differences need estimates from the same resamples")
-        samples = estimate.samples - reference.samples
-        low, high = percentile_interval(samples, level)
-        row.differences[label] = Estimate(estimate.value - reference.value, low, high, samples)
+        row.differences[label] = paired_difference(estimate, reference, level)
     return row
 
 
@@ -169,9 +163,8 @@ def compare_markdown(report: CompareReport) -> str:
             cell = format_estimate(row.values[label])
             if label in row.differences:
                 d = row.differences[label]
-                sign = "+" if d.value >= 0 else ""
                 mark = "*" if d.excludes(0.0) else ""
-                cell += f" (Δ {sign}{format_number(d.value)}{mark})"
+                cell += f" (Δ {format_signed(d.value)}{mark})"
             cells.append(cell)
         table.append(cells)
     lines = [
@@ -179,8 +172,9 @@ def compare_markdown(report: CompareReport) -> str:
         "",
         *(f"- **{e['label']}**: `{e['source']}`" + _random_note(e) for e in report.encoders),
         "",
-        f"Each cell: test metric [{report.level:.0%} CI]. Δ: difference from the reference "
-        f"**{report.reference}**; * marks a difference whose paired-bootstrap {report.level:.0%} "
+        f"Each cell: test metric [{format_percent(report.level)} CI]. Δ: difference from the "
+        f"reference **{report.reference}**; * marks a difference whose paired-bootstrap "
+        f"{format_percent(report.level)} "
         "interval excludes 0 (same images, same patient resamples for every encoder). "
         f"{COUNTS_HEADER}: images per split (positive/negative for binary targets).",
         interval_note(report.n_resamples, report.level),

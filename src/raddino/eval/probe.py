@@ -306,7 +306,7 @@ def run_probe(
         }
         binary = [r for r in per_target.values() if r.kind == "binary"]
         macro = (
-            {m: mean_of([r.metrics[m] for r in binary], bootstrap) for m in BINARY_METRICS}
+            {m: mean_of([r.metrics[m] for r in binary], bootstrap.level) for m in BINARY_METRICS}
             if binary
             else {}
         )

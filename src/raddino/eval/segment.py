@@ -23,6 +23,8 @@ from raddino.devices import check_device
 from raddino.eval.metrics import dice_iou
 from raddino.eval.seg_data import FeatureMaps, MaskSet, take_rows
 from raddino.eval.threads import DEFAULT_CPU_THREADS, cpu_threads
+from raddino.precision import auto_dtype
+from raddino.ssl.schedules import cosine_schedule
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,17 @@ def batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator | None) 
     order = rng.permutation(rows) if rng is not None else np.asarray(rows)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
+        last = chunks.pop()
+        chunks[-1] = np.concatenate([chunks[-1], last])
     return chunks
 
 
 def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """Mixed precision on GPUs only, in the ``auto`` precision of :mod:`raddino.precision`
+    (bf16, or fp16 on GPUs without it); heads train in float32 on the CPU. None: no autocast."""
     if device.type != "cuda" or not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return auto_dtype(device)
 
 
 def head_logits(
@@ -183,7 +188,7 @@ def _train(
     steps_per_epoch = len(batches(train_rows, config.batch_size, None))
     total = config.epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        optimizer, lambda step: cosine_schedule(step, 1.0, 0.0, total)
     )
     rng = np.random.default_rng(config.seed)
     size = masks.masks.shape[-2:]

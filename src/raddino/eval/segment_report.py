@@ -247,7 +247,7 @@ def segment_encoded(
             name: bootstrap.estimate(weighted_mean, values[columns, s], values[columns, s], columns)
             for name, values in (("dice", dice), ("iou", iou))
         }
-    mean = {m: mean_of([v[m] for v in metrics.values()], bootstrap) for m in ("dice", "iou")}
+    mean = {m: mean_of([v[m] for v in metrics.values()], bootstrap.level) for m in ("dice", "iou")}
     structure_counts = {
         structure: {
             split: {"known": int(masks.known[rows[splits.indices(split)], s].sum())}

@@ -26,19 +26,46 @@ PROTOCOL_NAMES = {
 
 
 def format_number(value: float | None, digits: int = 3) -> str:
+    """``0.912``; ``n/a`` for a missing or non-finite value."""
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}f}"
 
 
+def format_signed(value: float | None, digits: int = 3) -> str:
+    """A difference with its sign: ``+0.031``, ``-0.004``; ``n/a`` when missing or non-finite."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.{digits}f}"
+
+
+def format_interval(
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    digits: int = 3,
+    *,
+    signed: bool = False,
+) -> str:
+    """``0.912 [0.890, 0.931]`` (``+0.021 [-0.004, +0.045]`` when ``signed``); the value alone
+    when either end of the interval is missing or non-finite."""
+    number = format_signed if signed else format_number
+    text = number(value, digits)
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return text
+    return f"{text} [{number(low, digits)}, {number(high, digits)}]"
+
+
 def format_estimate(estimate: Estimate, digits: int = 3) -> str:
     """``0.912 [0.890, 0.931]``."""
-    value = format_number(estimate.value, digits)
-    if not (math.isfinite(estimate.low) and math.isfinite(estimate.high)):
-        return value
-    return (
-        f"{value} [{format_number(estimate.low, digits)}, {format_number(estimate.high, digits)}]"
-    )
+    return format_interval(estimate.value, estimate.low, estimate.high, digits)
+
+
+def format_percent(fraction: float | None, digits: int = 0) -> str:
+    """A fraction as a percentage: ``95%`` (``41.7%`` with ``digits=1``); ``n/a`` when missing."""
+    if fraction is None or not math.isfinite(fraction):
+        return "n/a"
+    return f"{fraction:.{digits}%}"
 
 
 def format_counts(counts: dict[str, int]) -> str:
@@ -100,6 +127,6 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def interval_note(n_resamples: int, level: float) -> str:
     return (
-        f"Intervals: {level:.0%} percentile bootstrap over {n_resamples} resamples of test "
-        "patients (all images of a drawn patient)."
+        f"Intervals: {format_percent(level)} percentile bootstrap over {n_resamples} resamples "
+        "of test patients (all images of a drawn patient)."
     )

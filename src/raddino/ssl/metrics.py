@@ -1,26 +1,61 @@
-"""Per-step metrics of a run: ``RUN/metrics.jsonl`` and, when installed, TensorBoard."""
+"""Per-step metrics of a run: ``RUN/metrics.jsonl`` and, when installed, TensorBoard.
+
+``metrics.jsonl`` holds one JSON object per logged step, each with its ``step``. It is written
+by :class:`MetricsLog` (pre-training, language-supervised pre-training, report-model training)
+and read by :func:`read_metrics` only.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from raddino.atomic import write_atomic
 
+METRICS_FILE = "metrics.jsonl"
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Every complete line of ``metrics.jsonl`` (a torn last line after a kill is skipped)."""
-    path = run_dir / "metrics.jsonl"
+
+def metrics_path(run: str | os.PathLike) -> Path:
+    """``RUN/metrics.jsonl`` for a run directory; a file path is returned as it is."""
+    path = Path(run)
+    return path / METRICS_FILE if path.is_dir() else path
+
+
+def read_metrics(run: str | os.PathLike, *, missing_ok: bool = True) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``, in file order.
+
+    run: the run directory or the file itself. A missing file gives no rows (or, with
+    ``missing_ok=False``, FileNotFoundError). A last line that is not valid JSON is the torn
+    write of a killed run: it is skipped with a warning. Any other line that is not a JSON object
+    with a numeric ``step`` is an error naming the file and line. Blank lines are skipped.
+    """
+    path = metrics_path(run)
     if not path.is_file():
-        return []
+        if missing_ok:
+            return []
+        raise FileNotFoundError(f"{path}: no {METRICS_FILE} (is this a training run directory?)")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                print(
+                    f"warning: {path}:{number}: skipped a torn last line (a killed run)",
+                    file=sys.stderr,
+                )
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            raise ValueError(f"{path}:{number}: not a metrics row (an object with a 'step')")
+        rows.append(row)
     return rows
 
 
@@ -28,8 +63,8 @@ class MetricsLog:
     """Appends one JSON line per logged step; on resume, drops lines of steps not yet redone."""
 
     def __init__(self, run_dir: Path, start_step: int, tensorboard: bool) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        kept = [row for row in read_metrics(run_dir) if row.get("step", math.inf) < start_step]
+        self.path = Path(run_dir) / METRICS_FILE
+        kept = [row for row in read_metrics(self.path) if row["step"] < start_step]
         text = "".join(json.dumps(row) + "\n" for row in kept)
         write_atomic(self.path, lambda temp: temp.write_text(text))
         self.handle = self.path.open("a")

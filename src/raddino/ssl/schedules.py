@@ -1,6 +1,9 @@
 """Per-step schedules of the DINOv2 recipe: pure functions of the step number.
 
 Lengths are in optimiser steps (DINOv2 counts "epochs" of 1,250 steps; we use steps directly).
+Every cosine schedule of the package comes from here: pre-training (image-only and
+language-supervised), the segmentation head (:mod:`raddino.eval.segment`) and report-model
+training (:mod:`raddino.eval.report.train`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from raddino.viz.correspondence import (
     structure_correspondence,
 )
 from raddino.viz.pca import pca_rgb, pca_rgb_from_tokens, save_pca_figure, upsample_nearest
-from raddino.viz.plots import plot_training_curves, read_metrics_file
+from raddino.viz.plots import plot_training_curves
 from raddino.viz.similarity import (
     SimilarityMaps,
     patch_similarity,
@@ -35,7 +35,6 @@ __all__ = [
     "pca_rgb_from_tokens",
     "plot_training_curves",
     "point_to_patch",
-    "read_metrics_file",
     "save_pca_figure",
     "save_similarity_figure",
     "structure_correspondence",

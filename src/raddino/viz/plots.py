@@ -1,8 +1,8 @@
-"""Pre-training curves: one panel per metric, one line per run, from ``RUN/metrics.jsonl``."""
+"""Pre-training curves: one panel per metric, one line per run, from ``RUN/metrics.jsonl``
+(read by :func:`raddino.ssl.metrics.read_metrics`)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,36 +11,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from raddino.ssl.metrics import read_metrics
 from raddino.viz.tokens import save_figure_atomic
 
 DEFAULT_KEYS = ("loss", "dino_global", "dino_local", "ibot", "koleo", "teacher_entropy")
-
-
-def read_metrics_file(path: Path) -> list[dict]:
-    """Rows of a ``metrics.jsonl`` (or of ``RUN/metrics.jsonl`` when given the run directory).
-
-    A torn last line (a run killed mid-write) is skipped; a malformed line elsewhere is an error
-    naming the file and line. Rows are sorted by ``step``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a pre-training run directory?)")
-    lines = path.read_text().splitlines()
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from error
-        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-            rows.append(row)
-    return sorted(rows, key=lambda row: row["step"])
 
 
 def smooth(values: np.ndarray, weight: float) -> np.ndarray:
@@ -81,7 +55,7 @@ def plot_training_curves(
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {key: {} for key in keys}
     for label, run in runs.items():
-        rows = read_metrics_file(Path(run))
+        rows = sorted(read_metrics(run, missing_ok=False), key=lambda row: row["step"])
         for key in keys:
             points = [
                 (row["step"], float(row[key]))
