@@ -28,10 +28,12 @@ from raddino.data.io import (
     EmptyFileError,
     ImageReadError,
     ImageTooLargeError,
+    MaskSizeError,
     MissingPixelDataError,
     UnsupportedImageError,
     is_image_file,
     read_image,
+    read_mask,
     to_uint8,
 )
 
@@ -477,3 +479,55 @@ def test_error_str_is_path_colon_reason() -> None:
     assert str(error) == "dir/scan.png: bad data"
     assert (error.path, error.reason) == ("dir/scan.png", "bad data")
     assert isinstance(error, ImageReadError)
+
+
+# --- masks ------------------------------------------------------------------------------------
+
+DISC = np.hypot(*np.mgrid[-10:10, -12:12]) < 7  # (20, 24) bool
+
+
+def test_mask_pngs_of_every_grey_encoding_read_as_the_same_bool_array(tmp_path: Path) -> None:
+    encodings = {
+        "zero_255.png": Image.fromarray(DISC.astype(np.uint8) * 255),
+        "zero_one.png": Image.fromarray(DISC.astype(np.uint8)),
+        "one_bit.png": Image.fromarray(DISC),
+        "sixteen_bit.png": Image.fromarray(DISC.astype(np.uint16) * 1000),
+    }
+    for name, image in encodings.items():
+        image.save(tmp_path / name)
+        mask = read_mask(tmp_path / name)
+        assert mask.dtype == np.bool_, name
+        np.testing.assert_array_equal(mask, DISC, err_msg=name)
+
+
+def test_colour_mask_is_inside_where_any_channel_is_non_zero(tmp_path: Path) -> None:
+    rgb = np.zeros((*DISC.shape, 3), dtype=np.uint8)
+    rgb[..., 2] = DISC  # blue 1: dark, but not zero
+    Image.fromarray(rgb).save(tmp_path / "blue.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "blue.png"), DISC)
+
+
+def test_transparent_mask_pixels_are_outside_whatever_their_colour(tmp_path: Path) -> None:
+    rgba = np.full((*DISC.shape, 4), 255, dtype=np.uint8)
+    rgba[..., 3] = np.where(DISC, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "alpha.png"), DISC)
+
+
+def test_mask_of_another_size_than_its_image_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "lungs.png"
+    Image.fromarray(DISC.astype(np.uint8) * 255).save(path)
+    assert read_mask(path, size=(20, 24)).shape == (20, 24)
+    with pytest.raises(MaskSizeError, match=r"lungs\.png: 24x20 \(WxH\) but its image is 30x20"):
+        read_mask(path, size=(20, 30))
+
+
+def test_corrupt_mask_png_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "heart.png"
+    noise = np.random.default_rng(5).integers(0, 2, (64, 64), dtype=np.uint8) * 255
+    Image.fromarray(noise).save(path)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ImageReadError) as caught:
+        read_mask(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message

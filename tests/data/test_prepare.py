@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from raddino.cli.main import main
+from raddino.data.io import to_uint8
 from raddino.data.prepare import (
     PrepareMismatchError,
     PrepareOptions,
@@ -31,49 +33,34 @@ from tests.data.datasets.files import write_dicom
 # ----------------------------------------------------------------------------- B-spline
 
 
-def textbook_bspline_1d(samples: np.ndarray, n_out: int) -> np.ndarray:
-    """Cubic B-spline interpolation along axis 0, the textbook way (Unser 1999).
-
-    Causal/anti-causal recursive prefilter with mirror-symmetric boundaries, then the cubic
-    B-spline evaluated at the output pixel centres on mirror-extended coefficients.
-    """
-    pole = np.sqrt(3.0) - 2.0
-    s = samples.astype(np.float64)
-    n = s.shape[0]
-    c = np.empty_like(s)
-    horizon = min(n, 40)
-    c[0] = sum(pole**k * s[k] for k in range(horizon))  # mirror boundary, truncated sum
-    for k in range(1, n):
-        c[k] = s[k] + pole * c[k - 1]
-    c[n - 1] = pole / (pole * pole - 1.0) * (c[n - 1] + pole * c[n - 2])
-    for k in range(n - 2, -1, -1):
-        c[k] = pole * (c[k + 1] - c[k])
-    c *= 6.0
-
-    def coefficient(k: int) -> np.ndarray:
-        period = 2 * n - 2
-        k = k % period
-        return c[period - k if k >= n else k]
-
-    def beta3(x: float) -> float:
-        a = abs(x)
-        return 2 / 3 - a * a + a**3 / 2 if a < 1 else (2 - a) ** 3 / 6 if a < 2 else 0.0
-
-    out = np.zeros((n_out, *s.shape[1:]))
-    for o in range(n_out):
-        x = (o + 0.5) * n / n_out - 0.5
-        for k in range(int(np.floor(x)) - 1, int(np.floor(x)) + 3):
-            out[o] += beta3(x - k) * coefficient(k)
+def scipy_bspline(image: np.ndarray, height: int, width: int, **conventions) -> np.ndarray:
+    """scipy's cubic B-spline zoom of ``image`` to (height, width), in float64."""
+    zoom = (height / image.shape[0], width / image.shape[1])
+    options = {"mode": "mirror", "grid_mode": True, **conventions}
+    out = ndimage.zoom(image.astype(np.float64), zoom, order=3, **options)
+    assert out.shape == (height, width)
     return out
 
 
-@pytest.mark.parametrize(("shape", "size"), [((40, 30), (17, 13)), ((25, 33), (61, 80))])
-def test_bspline_resize_matches_the_textbook_algorithm(
+@pytest.mark.parametrize(
+    ("shape", "size"), [((40, 30), (17, 13)), ((25, 33), (61, 80)), ((700, 560), (648, 518))]
+)
+def test_bspline_resize_equals_scipy_zoom_with_mirror_edges_and_pixel_centres(
     shape: tuple[int, int], size: tuple[int, int]
 ) -> None:
     image = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
-    expected = textbook_bspline_1d(textbook_bspline_1d(image, size[0]).T, size[1]).T
-    np.testing.assert_allclose(resize_bspline(image, *size), expected, atol=2e-3)
+    out = resize_bspline(image, *size)
+    np.testing.assert_allclose(out, scipy_bspline(image, *size), atol=2e-3)
+    # The conventions matter: half-sample edges or corner-aligned grids land far away.
+    assert np.abs(out - scipy_bspline(image, *size, mode="reflect")).max() > 0.5
+    assert np.abs(out - scipy_bspline(image, *size, grid_mode=False)).max() > 0.5
+
+
+def test_prepared_png_is_scipy_zoom_min_max_scaled_up_to_rounding_ties() -> None:
+    image = sixteen_bit(700, 560)
+    expected = to_uint8(scipy_bspline(image.astype(np.float32), 648, 518))
+    difference = np.abs(prepare_array(image).astype(int) - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
 
 
 def test_bspline_interpolates_and_reproduces_ramps() -> None:

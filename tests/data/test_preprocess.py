@@ -7,7 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from raddino.data.preprocess import PreprocessConfig, center_crop, shortest_edge_size
+from raddino.data.io import DEFAULT_MAX_PIXELS
+from raddino.data.preprocess import (
+    PreprocessConfig,
+    center_crop,
+    load_crop,
+    model_input,
+    shortest_edge_size,
+)
+from raddino.features.encode import ImageFiles
 from raddino.models.encoder import RadDino
 from raddino.models.vit import ViTConfig
 from tests.conftest import synthetic_radiograph
@@ -82,6 +90,39 @@ def test_arrays_tensors_and_pil_agree(encoder: RadDino):
     assert torch.equal(encoder.preprocess(grey), from_pil)
     assert torch.equal(encoder.preprocess(torch.from_numpy(grey)), from_pil)
     assert torch.equal(encoder.preprocess(torch.from_numpy(grey)[None]), from_pil)
+
+
+@pytest.mark.parametrize("kind", ["grey16.png", "rgb.jpg"])
+def test_shared_loader_gives_the_tensor_of_rad_dino_preprocess_and_the_encode_dataset(
+    encoder: RadDino, tmp_path, kind: str
+):
+    grey = synthetic_radiograph(640, 560)
+    path = tmp_path / kind
+    if kind == "grey16.png":
+        Image.fromarray(grey.astype(np.uint16) * 200 + 300).save(path)
+    else:
+        Image.fromarray(np.stack([grey, grey[::-1], 255 - grey], axis=-1)).save(path)
+    config = encoder.preprocess_config
+    crop = load_crop(path, config)
+    assert crop.dtype == torch.uint8 and crop.shape[-2:] == (518, 518)
+    _, dataset_crop, reason = ImageFiles([str(path)], config, DEFAULT_MAX_PIXELS)[0]
+    assert reason is None and torch.equal(dataset_crop, crop)
+    assert torch.equal(encoder.preprocess_uint8(path), crop)
+    pixels = model_input(crop[None], config)
+    assert pixels.shape == (1, 3, 518, 518) and pixels.dtype == torch.float32
+    assert torch.equal(encoder.preprocess(path), pixels)
+    assert torch.equal(encoder.preprocess(str(path)), pixels)
+
+
+def test_model_input_mixes_grey_and_colour_crops_as_rgb():
+    config = PreprocessConfig(crop_height=8, crop_width=8)
+    grey = torch.arange(64, dtype=torch.uint8).reshape(1, 8, 8)
+    colour = torch.stack([grey[0], 255 - grey[0], grey[0] // 2])
+    mixed = model_input([grey, colour], config)
+    assert torch.equal(mixed[0], model_input(grey.expand(3, -1, -1)[None], config)[0])
+    assert torch.equal(mixed[1], model_input(colour[None], config)[0])
+    with pytest.raises(ValueError, match="differ in size"):
+        model_input([grey, grey[:, :4]], config)
 
 
 def test_shortest_edge_size_truncates_the_long_side_like_torchvision():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from raddino.demo.figures import correspondence_inputs, similarity_images
+from raddino.demo.figures import correspondence_inputs, nodule_centroid, similarity_images
 
 COLUMNS = ("path", "split", "nodule", "mask_nodule", "mask_left_lung", "mask_right_lung")
 
@@ -49,3 +49,14 @@ def test_inputs_open_from_a_relative_demo_folder(tmp_path, monkeypatch):
     query, point, targets = similarity_images(manifest)
     assert os.path.isfile(query) and all(os.path.isfile(t) for t in targets)
     assert point == (8.5, 6.5)  # centre of the first test image's nodule mask (rows 4-9)
+
+
+def test_nodule_centre_is_the_same_for_grey_and_colour_masks(tmp_path):
+    mask = np.zeros((32, 40), dtype=np.uint8)
+    mask[4:10, 6:12] = 255
+    Image.fromarray(mask).save(tmp_path / "grey.png")
+    Image.fromarray(np.stack([mask, mask * 0, mask * 0], axis=-1)).save(tmp_path / "red.png")
+    assert nodule_centroid(str(tmp_path / "grey.png")) == (8.5, 6.5)
+    assert nodule_centroid(str(tmp_path / "red.png")) == (8.5, 6.5)
+    Image.fromarray(mask * 0).save(tmp_path / "empty.png")
+    assert nodule_centroid(str(tmp_path / "empty.png")) is None

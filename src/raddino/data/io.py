@@ -3,11 +3,13 @@
 `read_image` sniffs the format from the file's content, guards against decompression bombs by
 checking the header's width and height before any pixel is decoded, and turns every failure into
 an `ImageReadError` subclass that names the file. `to_uint8` applies the RAD-DINO model card's
-min-max scaling to whatever `read_image` returns.
+min-max scaling to whatever `read_image` returns. `read_mask` decodes a segmentation mask the
+same way into a bool array.
 """
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +37,13 @@ __all__ = [
     "EmptyFileError",
     "ImageReadError",
     "ImageTooLargeError",
+    "MaskSizeError",
     "MissingPixelDataError",
     "UnsupportedImageError",
     "is_image_file",
     "pil_to_array",
     "read_image",
+    "read_mask",
     "to_uint8",
 ]
 
@@ -135,6 +139,10 @@ class ImageTooLargeError(ImageReadError):
     """The header declares more than `max_pixels` pixels; nothing was decoded."""
 
 
+class MaskSizeError(ImageReadError):
+    """A mask whose height and width differ from those of its image."""
+
+
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """Whether `path`'s suffix (case-insensitive) is one of `IMAGE_SUFFIXES`."""
     return Path(os.fsdecode(path)).suffix.lower() in IMAGE_SUFFIXES
@@ -153,12 +161,44 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     The format is sniffed from the content; `.dcm`/`.dicom` files without the DICOM preamble
     are force-read. Raises an `ImageReadError` subclass naming the file.
     """
+    return _decode(os.fsdecode(path), max_pixels, pil_to_array)
+
+
+def read_mask(
+    path: str | os.PathLike[str],
+    *,
+    size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode a segmentation mask into a bool (H, W) array: True where the pixel is non-zero.
+
+    Any format `read_image` reads, with its checks. A colour pixel is inside when any channel
+    is non-zero, and a fully transparent pixel is outside (whatever its colour). ``size``: the
+    (H, W) of the mask's image; a mask of another size raises `MaskSizeError`. Every failure is
+    an `ImageReadError` subclass whose one-line message names the file.
+    """
     name = os.fsdecode(path)
+    pixels = _decode(name, max_pixels, _pil_to_mask)
+    inside = pixels if pixels.dtype == np.bool_ else pixels != 0
+    if inside.ndim == 3:
+        inside = inside.any(axis=2)
+    if size is not None and inside.shape != tuple(size):
+        height, width = inside.shape
+        raise MaskSizeError(
+            name,
+            f"{width}x{height} (WxH) but its image is {size[1]}x{size[0]}; a mask must have the "
+            "size of its image",
+        )
+    return inside
+
+
+def _decode(name: str, max_pixels: int, convert) -> np.ndarray:
+    """Sniff the format and decode; ``convert`` turns a loaded PIL image into an array."""
     head = _read_head(name, _DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
     if head.startswith(_PNG_SIGNATURE):
-        return _read_with_pil(name, PngImagePlugin.PngImageFile, max_pixels)
+        return _read_with_pil(name, PngImagePlugin.PngImageFile, max_pixels, convert)
     if head.startswith(_JPEG_SIGNATURE):
-        return _read_with_pil(name, JpegImagePlugin.JpegImageFile, max_pixels)
+        return _read_with_pil(name, JpegImagePlugin.JpegImageFile, max_pixels, convert)
     if head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC:
         return _read_dicom(name, max_pixels, force=False)
     if Path(name).suffix.lower() in _DICOM_SUFFIXES:
@@ -221,9 +261,12 @@ def _check_pixel_count(name: str, width: int, height: int, max_pixels: int) -> N
 
 
 def _read_with_pil(
-    name: str, image_class: type[ImageFile.ImageFile], max_pixels: int
+    name: str,
+    image_class: type[ImageFile.ImageFile],
+    max_pixels: int,
+    convert: Callable[[Image.Image], np.ndarray],
 ) -> np.ndarray:
-    """Decode a PNG or JPEG with the given PIL plugin; (H, W) or (H, W, 3) uint8/uint16."""
+    """Decode a PNG or JPEG with the given PIL plugin; ``convert`` makes the array."""
     # The plugin class is used directly (not Image.open) so that the only pixel-count limit is
     # our own `max_pixels` rather than Pillow's process-wide Image.MAX_IMAGE_PIXELS.
     kind = image_class.format
@@ -242,7 +285,7 @@ def _read_with_pil(
                 image.load()
             except _PIL_DECODE_ERRORS as error:
                 raise CorruptImageError(name, f"cannot decode {kind} data: {error}") from error
-            return pil_to_array(image)
+            return convert(image)
 
 
 def pil_to_array(image: Image.Image) -> np.ndarray:
@@ -267,6 +310,19 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
         return np.clip(pixels, 0, np.iinfo(np.uint16).max).astype(np.uint16)
     if mode in _PIL_CONVERTED_MODES:
         return np.array(image.convert(_PIL_CONVERTED_MODES[mode]), dtype=np.uint8)
+    raise ValueError(f"PIL mode {mode!r} is not supported")
+
+
+def _pil_to_mask(image: Image.Image) -> np.ndarray:
+    """A loaded PIL image -> bool (H, W) or (H, W, C): non-zero and not fully transparent."""
+    mode = image.mode
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = np.array(image.convert("RGBA"))
+        return (rgba[..., :3] != 0) & (rgba[..., 3:] != 0)
+    if mode in _PIL_DIRECT_MODES or mode in ("1", "I"):
+        return np.array(image) != 0
+    if mode in _PIL_CONVERTED_MODES:
+        return np.array(image.convert(_PIL_CONVERTED_MODES[mode])) != 0
     raise ValueError(f"PIL mode {mode!r} is not supported")
 
 

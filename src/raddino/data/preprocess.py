@@ -5,8 +5,13 @@ Matches transformers' ``BitImageProcessor`` as configured by microsoft/rad-dino
 the same operation that processor runs, so pixel values agree to float rounding. The work is
 split in two so that the expensive half runs in data-loader workers:
 
-* :func:`resize_and_crop`: uint8 (C, H, W) -> uint8 (C, crop_h, crop_w), C in {1, 3}.
-* :func:`normalize`: uint8 (B, C, h, w) -> float (B, 3, h, w), grey replicated to RGB.
+* :func:`load_crop`: an image file -> the uint8 (C, crop_h, crop_w) crop the model sees, C in
+  {1, 3} (:func:`read_uint8`, then :func:`resize_and_crop`).
+* :func:`model_input`: uint8 crops (B, C, h, w) -> normalised float (B, 3, h, w) on the model's
+  device, grey replicated to RGB (:func:`normalize`).
+
+Every path from a file to the model (``RadDino.preprocess``, ``raddino encode``, the figures and
+overlays) goes through these two.
 
 Grey images stay single-channel until :func:`normalize`, which is exact because converting grey
 to RGB replicates the channel and resizing acts on channels independently.
@@ -15,6 +20,8 @@ to RGB replicates the channel and resizing acts on channels independently.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +29,8 @@ import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from raddino.data.io import DEFAULT_MAX_PIXELS, read_image, to_uint8
 
 # PIL resample codes used in preprocessor_config.json.
 _RESAMPLE = {
@@ -194,3 +203,59 @@ def array_to_chw_uint8(image: np.ndarray) -> torch.Tensor:
     if image.ndim == 3 and image.shape[2] == 3:
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
     raise ValueError(f"expected an image of shape (H, W) or (H, W, 3), got {image.shape}")
+
+
+def read_uint8(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """An image file -> uint8 (C, H, W), C in {1, 3}, at its own size.
+
+    Decoded by :func:`raddino.data.io.read_image`, then min-max scaled to [0, 255] unless it is
+    already 8-bit (the model card's recipe, :func:`raddino.data.io.to_uint8`). Raises an
+    ``ImageReadError`` naming the file.
+    """
+    image = read_image(path, max_pixels=max_pixels)
+    return array_to_chw_uint8(to_uint8(image, source=os.fsdecode(path)))
+
+
+def load_crop(
+    path: str | os.PathLike[str],
+    config: PreprocessConfig,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """An image file -> the uint8 (C, crop_h, crop_w) crop the model sees, C in {1, 3}."""
+    return resize_and_crop(read_uint8(path, max_pixels=max_pixels), config)
+
+
+def model_input(
+    crops: torch.Tensor | Sequence[torch.Tensor],
+    config: PreprocessConfig,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """uint8 crops -> the model's pixel values (B, 3, H, W) in ``dtype`` on ``device``.
+
+    ``crops``: a batch (B, C, H, W) or a sequence of (C, H, W), C in {1, 3}, all of one size;
+    grey and colour crops may be mixed. Normalised on ``device`` (:func:`normalize`); a copy from
+    pinned host memory to a GPU does not block.
+    """
+    if not isinstance(crops, torch.Tensor):
+        crops = stack_crops(crops)
+    device = torch.device(device)
+    batch = crops.to(device, non_blocking=device.type != "cpu")
+    return normalize(batch, config, dtype)
+
+
+def stack_crops(crops: Sequence[torch.Tensor]) -> torch.Tensor:
+    """uint8 (C, H, W) crops of one size -> (B, C, H, W); grey crops are replicated to RGB
+    when the batch also holds colour ones."""
+    if not crops:
+        raise ValueError("no images to stack")
+    shapes = {tuple(c.shape[-2:]) for c in crops}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"preprocessed images differ in size {sorted(shapes)}; enable the centre crop"
+        )
+    channels = max(c.shape[0] for c in crops)
+    return torch.stack([c.expand(channels, -1, -1) for c in crops])

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from raddino.data.io import read_mask
 from raddino.data.manifest import read_manifest, resolve_manifest_path
 from raddino.demo.options import STRUCTURES, DemoPaths
 from raddino.eval.compare import encoder_dir_name
@@ -29,7 +29,7 @@ N_OVERLAYS = 3
 
 def nodule_centroid(mask_path: str) -> tuple[float, float] | None:
     """(x, y) centre of a mask in image pixels, or None when it is empty."""
-    mask = np.asarray(Image.open(mask_path)) > 0
+    mask = read_mask(mask_path)
     if not mask.any():
         return None
     ys, xs = np.nonzero(mask)

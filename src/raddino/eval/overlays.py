@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from raddino.data.io import read_image, to_uint8
-from raddino.data.preprocess import PreprocessConfig, array_to_chw_uint8, resize_and_crop
+from raddino.data.preprocess import PreprocessConfig, load_crop
 
 PALETTE = (
     (230, 25, 75),
@@ -50,7 +49,7 @@ def save_overlay(
     out_file: Path,
 ) -> Path:
     """Write the overlay of one test image; masks are (S, H, W) at the crop size."""
-    pixels = resize_and_crop(array_to_chw_uint8(to_uint8(read_image(image_path))), config)
+    pixels = load_crop(image_path, config)
     grey = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.float().mean(0).byte().numpy()
     out_file.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(render_overlay(grey, predicted, truth)).save(out_file)

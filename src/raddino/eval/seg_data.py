@@ -1,10 +1,11 @@
 """Segmentation data: masks from ``mask_<structure>`` columns, and cached patch-token maps.
 
-A mask is an image file of the same size as its radiograph; non-zero pixels belong to the
-structure, an empty cell means the structure was not annotated on that image (it is left out of
-training and scoring). Masks go through the encoder's own resize and centre crop (bilinear,
-thresholded at half), so they align with the patch grid; predictions are scored at the crop size.
-Structures may overlap (ribs over lungs), so each is a separate binary channel.
+A mask is an image file of the same size as its radiograph, read by
+:func:`raddino.data.io.read_mask`: non-zero pixels belong to the structure, an empty cell means
+the structure was not annotated on that image (it is left out of training and scoring). Masks
+go through the encoder's own resize and centre crop (bilinear, thresholded at half), so they
+align with the patch grid; predictions are scored at the crop size. Structures may overlap (ribs
+over lungs), so each is a separate binary channel.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from raddino.data.io import ImageReadError, read_image
+from raddino.data.io import ImageReadError, read_image, read_mask
 from raddino.data.manifest import resolve_manifest_path
 from raddino.data.preprocess import PreprocessConfig, resize_and_crop
 from raddino.eval.features import EncodedRows
@@ -57,20 +58,14 @@ def image_size(path: str) -> tuple[int, int]:
         return int(shape[0]), int(shape[1])
 
 
-def read_mask(path: str, expected: tuple[int, int], config: PreprocessConfig) -> np.ndarray:
-    """A mask file -> bool (crop_h, crop_w) aligned with the preprocessed image."""
+def mask_crop(path: str, expected: tuple[int, int], config: PreprocessConfig) -> np.ndarray:
+    """A mask file of an (H, W) = ``expected`` image -> bool (crop_h, crop_w) aligned with the
+    preprocessed image."""
     try:
-        pixels = read_image(path)
+        inside = read_mask(path, size=expected)
     except ImageReadError as error:
-        raise ValueError(f"mask {path}: {error}") from error
-    if pixels.ndim == 3:
-        pixels = pixels.max(axis=2)
-    if pixels.shape != expected:
-        raise ValueError(
-            f"mask {path} is {pixels.shape[1]}x{pixels.shape[0]} (WxH) but its image is "
-            f"{expected[1]}x{expected[0]}; masks must have the size of their image"
-        )
-    binary = torch.from_numpy((pixels > 0).astype(np.uint8) * 255).unsqueeze(0)
+        raise ValueError(f"mask {error}") from error
+    binary = torch.from_numpy(inside.astype(np.uint8) * 255).unsqueeze(0)
     resized = resize_and_crop(binary, replace(config, resample=2))  # bilinear
     return resized[0].numpy() > 127
 
@@ -95,7 +90,7 @@ class _MaskFiles(Dataset):
                 if not path:
                     continue
                 size = size or image_size(self.images[i])
-                out[s] = read_mask(path, size, config)
+                out[s] = mask_crop(path, size, config)
                 known[s] = True
         except (ValueError, OSError, ImageReadError) as error:
             return i, out, known, str(error)

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from raddino.data.io import pil_to_array, read_image, to_uint8
+from raddino.data.io import pil_to_array, to_uint8
 from raddino.data.preprocess import (
     PreprocessConfig,
     array_to_chw_uint8,
-    normalize,
+    model_input,
+    read_uint8,
     resize_and_crop,
 )
 from raddino.models import formats
@@ -32,12 +33,12 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 def to_uint8_chw(image: ImageLike) -> torch.Tensor:
     """Any supported image -> uint8 (C, H, W), C in {1, 3}.
 
-    Paths are decoded with :func:`raddino.data.io.read_image`. uint8 arrays and tensors are taken
-    as pixel values; other dtypes are min-max scaled to [0, 255] (the model card's recipe).
-    Tensors may be (H, W), (1, H, W) or (3, H, W); arrays (H, W) or (H, W, 3).
+    Paths are decoded with :func:`raddino.data.preprocess.read_uint8`. uint8 arrays and tensors
+    are taken as pixel values; other dtypes are min-max scaled to [0, 255] (the model card's
+    recipe). Tensors may be (H, W), (1, H, W) or (3, H, W); arrays (H, W) or (H, W, 3).
     """
     if isinstance(image, (str, os.PathLike)):
-        return array_to_chw_uint8(to_uint8(read_image(image), source=str(image)))
+        return read_uint8(image)
     if isinstance(image, Image.Image):
         return array_to_chw_uint8(to_uint8(pil_to_array(image), source="<PIL image>"))
     if isinstance(image, np.ndarray):
@@ -161,13 +162,7 @@ class RadDino(nn.Module):
         if not isinstance(images, (list, tuple)):
             images = [images]
         crops = [self.preprocess_uint8(image) for image in images]
-        shapes = {tuple(c.shape[-2:]) for c in crops}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"preprocessed images differ in size {sorted(shapes)}; enable centre crop"
-            )
-        batch = torch.stack([c.expand(3, -1, -1) if c.shape[0] == 1 else c for c in crops])
-        return normalize(batch.to(self.device), self.preprocess_config)
+        return model_input(crops, self.preprocess_config, self.device)
 
     # ------------------------------------------------------------------ encoding
 

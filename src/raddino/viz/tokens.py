@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from raddino.atomic import write_bytes_atomic
-from raddino.data.preprocess import normalize, resize_and_crop
+from raddino.data.preprocess import model_input, resize_and_crop
 from raddino.models.encoder import ImageLike, RadDino, to_uint8_chw
 
 
@@ -47,8 +47,7 @@ def encode_patches(
         stop = start + 1
         while stop < len(crops) and stop - start < batch_size and crops[stop].shape[-2:] == size:
             stop += 1
-        batch = torch.stack([c.expand(3, -1, -1) for c in crops[start:stop]])
-        output = model(normalize(batch.to(model.device), model.preprocess_config))
+        output = model(model_input(crops[start:stop], model.preprocess_config, model.device))
         height, width = output.grid
         patches = output.patches.float().cpu()
         tokens.extend(p.reshape(height, width, -1).clone() for p in patches)

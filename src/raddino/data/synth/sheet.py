@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from raddino.data.io import read_mask
 from raddino.data.manifest import read_manifest, resolve_manifest_path
 from raddino.data.synth.findings import FINDINGS
 
@@ -66,7 +67,8 @@ def contact_sheet(
             if not path:
                 continue
             path = resolve_manifest_path(Path(manifest), path)
-            mask = Image.open(path).convert("L").resize((tile, tile), Image.NEAREST)
+            inside = read_mask(path).astype(np.uint8) * 255
+            mask = Image.fromarray(inside).resize((tile, tile), Image.NEAREST)
             if not mask.getbbox():
                 continue
             canvas.paste(Image.new("RGB", canvas.size, colour), mask=outline(mask, 1))
