@@ -66,9 +66,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from raddino.eval.encoders import EncoderSpec
-    from raddino.eval.features import pooled_request, store_directory
+    from raddino.eval.feature_cache import pooled_request, store_directory
     from raddino.eval.probe import ProbeConfig
-    from raddino.eval.probe_report import probe_manifest
+    from raddino.eval.probe_manifest import probe_manifest
     from raddino.eval.targets import parse_target_specs
     from raddino.features.encode import EncodeOptions
     from raddino.features.store import FeatureStoreWriter

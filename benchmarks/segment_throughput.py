@@ -66,8 +66,8 @@ def downsampled_mask(image_path: str, structure: str, grid: int) -> np.ndarray:
 
 def plant_features(spec, inputs, options, config, depth: int, cache: Path, size: int) -> None:
     """Fill the features store that ``prepare_segmentation`` will read: noise + structures."""
-    from raddino.eval.features import FeatureRequest, store_directory
-    from raddino.eval.segment_report import head_blocks
+    from raddino.eval.feature_cache import FeatureRequest, store_directory
+    from raddino.eval.segment_manifest import head_blocks
     from raddino.features.store import FeatureStoreWriter
 
     blocks = head_blocks(config, depth)
@@ -111,7 +111,7 @@ def main() -> None:
 
     from raddino.eval.encoders import EncoderSpec
     from raddino.eval.segment import SegmentConfig
-    from raddino.eval.segment_report import (
+    from raddino.eval.segment_manifest import (
         load_segment_inputs,
         prepare_segmentation,
         segment_encoded,

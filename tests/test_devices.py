@@ -116,10 +116,10 @@ def test_every_command_refuses_an_unavailable_device_in_one_line(command, value,
 
 def test_auto_works_where_evaluation_takes_a_device():
     """``auto`` once reached ``torch.device('auto')`` in the probe and the features cache."""
+    from raddino.eval.fit_threads import cpu_threads
     from raddino.eval.probe import ProbeConfig, run_probe
     from raddino.eval.splits import Splits
     from raddino.eval.targets import Target
-    from raddino.eval.threads import cpu_threads
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)).astype(np.float32)

@@ -153,7 +153,7 @@ def test_every_config_precision_name_is_a_policy_name():
 
 
 def test_report_models_compute_in_float32_on_the_cpu_and_in_the_policy_on_gpus(native_bf16):
-    from raddino.eval.report.train import compute_dtype
+    from raddino.eval.report_generation.train import compute_dtype
 
     native_bf16(True)
     for precision in (None, torch.bfloat16, torch.float32):

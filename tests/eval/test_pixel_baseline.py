@@ -14,7 +14,7 @@ from PIL import Image
 from raddino.cli.main import main
 from raddino.data.preprocess import PreprocessConfig
 from raddino.eval.encoders import EncoderSpec, borrow_preprocessing
-from raddino.eval.features import (
+from raddino.eval.feature_cache import (
     FeatureRequest,
     encode_for_eval,
     pooled_features,

@@ -13,15 +13,15 @@ from PIL import Image
 
 from raddino.eval.caveats import EvaluationWarning
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.heads import build_head
 from raddino.eval.seg_data import FeatureMaps
 from raddino.eval.segment import SegmentConfig, batches, score, segmentation_loss, train_head
-from raddino.eval.segment_report import (
+from raddino.eval.segment_manifest import (
     head_blocks,
     load_segment_inputs,
     prepare_segmentation,
     segment_manifest,
 )
+from raddino.eval.segmentation_heads import build_head
 from raddino.features.encode import EncodeOptions
 from tests.eval.conftest import write_manifest
 

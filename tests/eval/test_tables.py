@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from raddino.demo.report import difference_cell, estimate_cell
+from raddino.demo.document import difference_cell, estimate_cell
 from raddino.eval.bootstrap import Estimate
 from raddino.eval.tables import (
     format_estimate,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raddino.models.heads import HeadConfig
+from raddino.models.dino_head import HeadConfig
 from raddino.models.vit import ViTConfig
 from raddino.ssl.config import LossSection, OptimSection
 from raddino.ssl.meta_arch import StudentTeacher

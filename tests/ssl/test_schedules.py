@@ -64,7 +64,7 @@ def report_model_lr_formula(step: int, lr: float, warmup: int, steps: int) -> fl
 def test_report_model_learning_rate_is_its_formula_through_the_shared_schedule(
     lr: float, warmup: int, steps: int
 ):
-    from raddino.eval.report.train import TrainConfig, learning_rate
+    from raddino.eval.report_generation.train import TrainConfig, learning_rate
 
     config = TrainConfig(lr=lr, warmup_steps=warmup, steps=steps)
     edges = {0, 1, warmup - 1, warmup, warmup + 1, steps // 2, steps - 1, steps, steps + 5}

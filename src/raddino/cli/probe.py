@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from raddino.eval.encoders import EncoderSpec
-    from raddino.eval.probe_report import probe_manifest, probe_tables
+    from raddino.eval.probe_manifest import probe_manifest, probe_tables
     from raddino.eval.targets import parse_target_specs
 
     spec = EncoderSpec.parse(args.model, image_size=args.image_size, seed=args.seed)

@@ -102,8 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_init_lm(args: argparse.Namespace) -> int:
-    from raddino.eval.report.data import read_report_rows
-    from raddino.eval.report.lm import SmallLMConfig, init_lm
+    from raddino.eval.report_generation.data import read_report_rows
+    from raddino.eval.report_generation.lm import SmallLMConfig, init_lm
 
     rows = read_report_rows(args.corpus, None if args.split == "all" else args.split)
     config = SmallLMConfig(
@@ -128,8 +128,8 @@ def _encode_options(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from raddino.eval.encoders import EncoderSpec
-    from raddino.eval.report.model import DEFAULT_PROMPT
-    from raddino.eval.report.train import TrainConfig, train_report_model
+    from raddino.eval.report_generation.model import DEFAULT_PROMPT
+    from raddino.eval.report_generation.train import TrainConfig, train_report_model
 
     config = TrainConfig(
         stage=args.stage,
@@ -172,7 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from raddino.eval.report.generate import GenerateOptions, generate_reports
+    from raddino.eval.report_generation.generate import GenerateOptions, generate_reports
 
     options = GenerateOptions(
         max_new_tokens=args.max_new_tokens,
@@ -190,7 +190,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from raddino.eval.report.evaluate import score_predictions
+    from raddino.eval.report_generation.evaluate import score_predictions
 
     out = Path(args.out) if args.out else Path(args.pred).with_suffix(".metrics.json")
     result = score_predictions(args.pred, args.manifest, out, args.uncertain_as_positive)

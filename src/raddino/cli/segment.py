@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from raddino.eval.encoders import EncoderSpec
-    from raddino.eval.segment_report import segment_manifest
+    from raddino.eval.segment_manifest import segment_manifest
 
     spec = EncoderSpec.parse(args.model, image_size=args.image_size, seed=args.seed)
     report = segment_manifest(

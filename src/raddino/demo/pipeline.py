@@ -463,7 +463,7 @@ class Demo:
         return {"figures": [f["path"] for f in result["figures"]], "notes": result["notes"]}
 
     def run_report(self, ctx: StageContext) -> dict:
-        from raddino.demo.report import write_report
+        from raddino.demo.document import write_report
 
         enabled, reason = self.reports_enabled()
         md, html = write_report(

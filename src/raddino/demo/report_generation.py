@@ -39,8 +39,8 @@ def generation_rows(paths: DemoPaths, rows: int) -> Path:
 def small_lm(paths: DemoPaths, sizes: ReportSizes, seed: int) -> Path:
     """``OUT/reports/lm``: a tokenizer trained on the train split's reports and a random Llama
     (written beside and renamed into place, so a kill never leaves half a model)."""
-    from raddino.eval.report.data import read_report_rows
-    from raddino.eval.report.lm import SmallLMConfig, init_lm
+    from raddino.eval.report_generation.data import read_report_rows
+    from raddino.eval.report_generation.lm import SmallLMConfig, init_lm
 
     lm = paths.reports / "lm"
     if (lm / "config.json").is_file():
@@ -73,9 +73,9 @@ def train_and_score(
     returns its ``summary.json`` content (scores per encoder, examples, settings)."""
     from dataclasses import asdict
 
-    from raddino.eval.report.evaluate import score_predictions
-    from raddino.eval.report.generate import GenerateOptions, generate_reports
-    from raddino.eval.report.train import TrainConfig, train_report_model
+    from raddino.eval.report_generation.evaluate import score_predictions
+    from raddino.eval.report_generation.generate import GenerateOptions, generate_reports
+    from raddino.eval.report_generation.train import TrainConfig, train_report_model
 
     folder = paths.reports
     folder.mkdir(parents=True, exist_ok=True)

@@ -197,7 +197,7 @@ def _sentence(name: str, a: Estimate, b: Estimate, d: dict, level: float) -> str
 def report_examples(subset: Path, predictions: dict[str, Path], n: int) -> list[dict[str, str]]:
     """The first ``n`` images of ``subset`` with their reference and every encoder's report."""
     from raddino.data.manifest import read_manifest
-    from raddino.eval.report.generate import read_predictions
+    from raddino.eval.report_generation.generate import read_predictions
 
     written = {
         label: {str(Path(p).resolve()): text for p, text in read_predictions(path).items()}

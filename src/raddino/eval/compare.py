@@ -18,13 +18,13 @@ import numpy as np
 from raddino.devices import check_device
 from raddino.eval.bootstrap import Estimate, paired_difference
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.features import encode_for_eval, pooled_request
+from raddino.eval.feature_cache import encode_for_eval, pooled_request
 from raddino.eval.pixels import check_pixel_specs
 from raddino.eval.probe import ProbeConfig
-from raddino.eval.probe_report import ProbeReport, load_probe_inputs, probe_encoded
-from raddino.eval.probe_report import write_probe_report as _write_probe
+from raddino.eval.probe_manifest import ProbeReport, load_probe_inputs, probe_encoded
+from raddino.eval.probe_manifest import write_probe_report as _write_probe
 from raddino.eval.segment import SegmentConfig
-from raddino.eval.segment_report import (
+from raddino.eval.segment_manifest import (
     SegmentReport,
     load_segment_inputs,
     prepare_segmentation,

@@ -20,10 +20,10 @@ import torch
 from raddino.devices import check_device
 from raddino.eval import caveats, knn, logistic, ridge
 from raddino.eval.bootstrap import Estimate, PatientBootstrap, mean_of
+from raddino.eval.fit_threads import DEFAULT_CPU_THREADS, cpu_threads
 from raddino.eval.metrics import BINARY_METRICS, CONTINUOUS_METRICS, auroc, r2_score
 from raddino.eval.splits import SPLITS, Splits
 from raddino.eval.targets import Target
-from raddino.eval.threads import DEFAULT_CPU_THREADS, cpu_threads
 
 PROTOCOLS = ("linear", "knn")
 
@@ -43,7 +43,7 @@ class ProbeConfig:
     level: float = 0.95
     seed: int = 0
     device: str = "cpu"
-    cpu_threads: int | None = DEFAULT_CPU_THREADS  # see raddino.eval.threads
+    cpu_threads: int | None = DEFAULT_CPU_THREADS  # see raddino.eval.fit_threads
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.protocols if p not in PROTOCOLS]

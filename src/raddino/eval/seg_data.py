@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from raddino.data.io import ImageReadError, read_image, read_mask
 from raddino.data.manifest import resolve_manifest_path
 from raddino.data.preprocess import PreprocessConfig, resize_and_crop
-from raddino.eval.features import EncodedRows
+from raddino.eval.feature_cache import EncodedRows
 from raddino.eval.targets import UNKNOWN, require_columns
 
 MASK_PREFIX = "mask_"

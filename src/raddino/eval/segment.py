@@ -20,9 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from raddino.devices import check_device
+from raddino.eval.fit_threads import DEFAULT_CPU_THREADS, cpu_threads
 from raddino.eval.metrics import dice_iou
 from raddino.eval.seg_data import FeatureMaps, MaskSet, take_rows
-from raddino.eval.threads import DEFAULT_CPU_THREADS, cpu_threads
 from raddino.precision import auto_dtype
 from raddino.ssl.schedules import cosine_schedule
 
@@ -47,7 +47,7 @@ class SegmentConfig:
     amp: bool = True
     overlays: int = 4
     progress: bool = True
-    cpu_threads: int | None = DEFAULT_CPU_THREADS  # see raddino.eval.threads
+    cpu_threads: int | None = DEFAULT_CPU_THREADS  # see raddino.eval.fit_threads
 
     def __post_init__(self) -> None:
         if self.head not in ("linear", "upernet"):

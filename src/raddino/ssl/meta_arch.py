@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from raddino.models.heads import DINOHead, HeadConfig
+from raddino.models.dino_head import DINOHead, HeadConfig
 from raddino.models.vit import VisionTransformer, ViTConfig
 from raddino.ssl.config import LossSection
 from raddino.ssl.losses import (

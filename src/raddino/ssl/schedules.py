@@ -3,7 +3,7 @@
 Lengths are in optimiser steps (DINOv2 counts "epochs" of 1,250 steps; we use steps directly).
 Every cosine schedule of the package comes from here: pre-training (image-only and
 language-supervised), the segmentation head (:mod:`raddino.eval.segment`) and report-model
-training (:mod:`raddino.eval.report.train`).
+training (:mod:`raddino.eval.report_generation.train`).
 """
 
 from __future__ import annotations

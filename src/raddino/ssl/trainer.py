@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from raddino.atomic import write_atomic
 from raddino.data.manifest import collect_inputs
-from raddino.models.heads import HeadConfig, load_head_file
+from raddino.models.dino_head import HeadConfig, load_head_file
 from raddino.models.vit import ViTConfig, vit_config
 from raddino.output_lock import OutputLock
 from raddino.precision import parse_dtype, resolve_dtype, short_name

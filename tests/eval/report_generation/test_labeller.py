@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raddino.eval.report.labeller import NEGATIVE, POSITIVE, UNCERTAIN, label_report
+from raddino.eval.report_generation.labeller import NEGATIVE, POSITIVE, UNCERTAIN, label_report
 
 
 def mentioned(text: str) -> dict[str, int]:

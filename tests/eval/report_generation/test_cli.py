@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from raddino.cli.main import main
-from tests.eval.report.conftest import REPORTS
+from tests.eval.report_generation.conftest import REPORTS
 
 
 def test_report_commands_end_to_end(tmp_path, tiny_encoder_dir, pair_manifest, capsys):

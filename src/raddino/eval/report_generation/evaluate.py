@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from raddino.data.manifest import read_manifest
-from raddino.eval.report.generate import read_predictions
-from raddino.eval.report.metrics import evaluate_reports, most_common_report
+from raddino.eval.report_generation.generate import read_predictions
+from raddino.eval.report_generation.metrics import evaluate_reports, most_common_report
 
 # Model-based metrics need weights nobody can download here; they are reported as skipped.
 MODEL_METRICS = {

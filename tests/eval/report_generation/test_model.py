@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raddino.eval.report.lm import load_lm
-from raddino.eval.report.model import (
+from raddino.eval.report_generation.lm import load_lm
+from raddino.eval.report_generation.model import (
     IGNORE_INDEX,
     Projector,
     ReportModel,
     ReportModelConfig,
     pool_patch_grid,
 )
-from tests.eval.report.conftest import REPORTS
+from tests.eval.report_generation.conftest import REPORTS
 
 
 @pytest.fixture

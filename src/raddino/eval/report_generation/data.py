@@ -11,8 +11,8 @@ import torch
 
 from raddino.data.manifest import read_manifest
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.features import EncodedRows, FeatureRequest, encode_for_eval
-from raddino.eval.report.model import pool_patch_grid
+from raddino.eval.feature_cache import EncodedRows, FeatureRequest, encode_for_eval
+from raddino.eval.report_generation.model import pool_patch_grid
 from raddino.features.encode import EncodeOptions
 
 

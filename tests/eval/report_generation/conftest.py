@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from raddino.data.preprocess import PreprocessConfig
-from raddino.eval.report.lm import SmallLMConfig, init_lm
+from raddino.eval.report_generation.lm import SmallLMConfig, init_lm
 from raddino.models.encoder import RadDino
 from raddino.models.vit import ViTConfig
 

@@ -11,18 +11,23 @@ import torch
 from safetensors.torch import load_file
 
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.report import train as train_module
-from raddino.eval.report.generate import (
+from raddino.eval.report_generation import train as train_module
+from raddino.eval.report_generation.generate import (
     GenerateOptions,
     generate_reports,
     load_report_model,
     read_predictions,
 )
-from raddino.eval.report.lm import load_lm
-from raddino.eval.report.model import ReportModel, ReportModelConfig
-from raddino.eval.report.train import TrainConfig, apply_stage, sample_indices, train_report_model
+from raddino.eval.report_generation.lm import load_lm
+from raddino.eval.report_generation.model import ReportModel, ReportModelConfig
+from raddino.eval.report_generation.train import (
+    TrainConfig,
+    apply_stage,
+    sample_indices,
+    train_report_model,
+)
 from raddino.features.encode import EncodeOptions
-from tests.eval.report.conftest import REPORTS
+from tests.eval.report_generation.conftest import REPORTS
 
 ENCODE = EncodeOptions(num_workers=0, progress=False)
 

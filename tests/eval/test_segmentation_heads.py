@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raddino.eval.heads import LinearHead, UPerNet, build_head, linear_blocks, upernet_blocks
+from raddino.eval.segmentation_heads import (
+    LinearHead,
+    UPerNet,
+    build_head,
+    linear_blocks,
+    upernet_blocks,
+)
 
 
 def test_linear_head_is_batchnorm_and_one_by_one_conv_over_concatenated_blocks():

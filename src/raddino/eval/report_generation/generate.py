@@ -12,10 +12,10 @@ import numpy as np
 from raddino.atomic import write_atomic
 from raddino.devices import check_device
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
-from raddino.eval.report.lm import load_lm
-from raddino.eval.report.model import ReportModel, ReportModelConfig
-from raddino.eval.report.train import compute_dtype
+from raddino.eval.report_generation.data import ImageTokens, encode_images, read_report_rows
+from raddino.eval.report_generation.lm import load_lm
+from raddino.eval.report_generation.model import ReportModel, ReportModelConfig
+from raddino.eval.report_generation.train import compute_dtype
 from raddino.features.encode import EncodeOptions
 
 
@@ -53,7 +53,7 @@ def run_encoder(run_config: dict) -> EncoderSpec:
 
 def load_report_model(run_dir: str | Path, device: str = "cpu") -> ReportModel:
     """The trained model of a run, in eval mode on ``device`` (LoRA merged into the LM); the LM
-    in the ``auto`` compute dtype (:func:`~raddino.eval.report.train.compute_dtype`)."""
+    in the ``auto`` compute dtype (:func:`~raddino.eval.report_generation.train.compute_dtype`)."""
     from safetensors.torch import load_file
 
     run = Path(run_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raddino.eval.report.metrics import (
+from raddino.eval.report_generation.metrics import (
     bleu_scores,
     clinical_scores,
     evaluate_reports,

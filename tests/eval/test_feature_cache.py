@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.features import (
+from raddino.eval.feature_cache import (
     FeatureRequest,
     encode_for_eval,
     pooled_features,

@@ -14,7 +14,7 @@ from raddino.data.manifest import read_manifest
 from raddino.devices import check_device
 from raddino.eval import caveats
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.features import (
+from raddino.eval.feature_cache import (
     EncodedRows,
     encode_for_eval,
     pooled_features,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from raddino.eval.report.labeller import FINDINGS, POSITIVE, UNCERTAIN, label_reports
+from raddino.eval.report_generation.labeller import FINDINGS, POSITIVE, UNCERTAIN, label_reports
 
 
 def bleu_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

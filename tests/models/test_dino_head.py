@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from raddino.models.heads import DINOHead, HeadConfig, load_head_file
+from raddino.models.dino_head import DINOHead, HeadConfig, load_head_file
 
 
 def test_official_key_layout_and_shapes():

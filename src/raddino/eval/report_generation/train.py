@@ -35,9 +35,9 @@ import torch
 from raddino.atomic import write_atomic
 from raddino.devices import check_device
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.report.data import ImageTokens, encode_images, read_report_rows
-from raddino.eval.report.lm import load_lm
-from raddino.eval.report.model import DEFAULT_PROMPT, ReportModel, ReportModelConfig
+from raddino.eval.report_generation.data import ImageTokens, encode_images, read_report_rows
+from raddino.eval.report_generation.lm import load_lm
+from raddino.eval.report_generation.model import DEFAULT_PROMPT, ReportModel, ReportModelConfig
 from raddino.features.encode import EncodeOptions
 from raddino.precision import dtype_name, resolve_dtype
 from raddino.ssl.metrics import MetricsLog

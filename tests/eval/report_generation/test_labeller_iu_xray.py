@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from tests.eval.report.iu_xray import agreement, fetch_reports_archive, read_reports
+from tests.eval.report_generation.iu_xray import agreement, fetch_reports_archive, read_reports
 
 # finding -> (min precision, min recall); measured values are in the docs
 BOUNDS = {

@@ -18,12 +18,12 @@ from raddino.devices import check_device
 from raddino.eval import caveats
 from raddino.eval.bootstrap import Estimate, PatientBootstrap, mean_of
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.features import EncodedRows, FeatureRequest, encode_for_eval
-from raddino.eval.heads import build_head, linear_blocks, upernet_blocks
+from raddino.eval.feature_cache import EncodedRows, FeatureRequest, encode_for_eval
 from raddino.eval.metrics import weighted_mean
 from raddino.eval.overlays import legend, save_overlay
 from raddino.eval.seg_data import FeatureMaps, MaskSet, load_masks, mask_columns, take_rows
 from raddino.eval.segment import SegmentConfig, predict, score, train_head
+from raddino.eval.segmentation_heads import build_head, linear_blocks, upernet_blocks
 from raddino.eval.splits import SPLITS, Splits, make_splits
 from raddino.eval.tables import (
     format_counts,
