@@ -6,8 +6,10 @@ names start with :data:`TMP_PREFIX`, so a folder's leftovers are easy to find an
 
 from __future__ import annotations
 
+import csv
+import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
@@ -43,3 +45,20 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Atomically replace ``path``'s content with ``data``."""
     return write_atomic(path, lambda temp: temp.write_bytes(data))
+
+
+def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes:
+    """A CSV document as UTF-8 bytes: the header, then the rows, ``\\n`` line ends (every CSV
+    raddino writes)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def write_csv_atomic(
+    path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]
+) -> Path:
+    """Atomically replace ``path`` with a CSV of ``header`` and ``rows`` (:func:`csv_bytes`)."""
+    return write_bytes_atomic(path, csv_bytes(header, rows))

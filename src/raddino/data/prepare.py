@@ -36,8 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raddino.atomic import write_bytes_atomic
-from raddino.data.datasets.csv_tables import csv_bytes
+from raddino.atomic import csv_bytes, write_bytes_atomic, write_csv_atomic
 from raddino.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, to_uint8
 from raddino.data.manifest import ManifestError, read_manifest, resolve_manifest_path
 from raddino.output_lock import OutputLock, is_lock_file
@@ -305,9 +304,7 @@ def prepare_manifest(
 
         rejects_path = out_dir / _REJECTS_FILE
         listed = [s for s in sources if s in rejected and s not in done]
-        write_bytes_atomic(
-            rejects_path, csv_bytes(["path", "reason"], ([s, rejected[s]] for s in listed))
-        )
+        write_csv_atomic(rejects_path, ["path", "reason"], ([s, rejected[s]] for s in listed))
         manifest_path = out_dir / _MANIFEST_FILE
         write_bytes_atomic(manifest_path, _new_manifest(manifest, header, rows, done, out_dir))
     return PrepareSummary(

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from raddino.atomic import write_atomic
+from raddino.atomic import write_csv_atomic
 from raddino.demo.options import DemoPaths
 from raddino.ssl.config import PretrainConfig
 
@@ -35,12 +33,7 @@ def write_train_list(paths: DemoPaths) -> Path:
     ]
     if not rows:
         raise ValueError(f"{paths.manifest}: no train-split images to pre-train on")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "report"])
-    writer.writerows(rows)
-    text = buffer.getvalue()
-    return write_atomic(paths.train_list, lambda temp: temp.write_text(text, encoding="utf-8"))
+    return write_csv_atomic(paths.train_list, ["path", "report"], rows)
 
 
 def pretrain_run(

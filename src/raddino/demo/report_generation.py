@@ -4,13 +4,12 @@ against the most-common-report baseline, and a few examples side by side."""
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from raddino.atomic import write_atomic
+from raddino.atomic import write_csv_atomic
 from raddino.demo.options import DemoPaths, ReportSizes
 from raddino.demo.stages import write_json_atomic
 from raddino.demo.summary import report_examples
@@ -27,13 +26,8 @@ def generation_rows(paths: DemoPaths, rows: int) -> Path:
     for row in chosen:
         row["path"] = str(Path(row["path"]).resolve())
 
-    def write(temp: Path) -> None:
-        with temp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(chosen)
-
-    return write_atomic(paths.reports / "test_rows.csv", write)
+    values = ([row.get(field) or "" for field in fields] for row in chosen)
+    return write_csv_atomic(paths.reports / "test_rows.csv", fields, values)
 
 
 def small_lm(paths: DemoPaths, sizes: ReportSizes, seed: int) -> Path:

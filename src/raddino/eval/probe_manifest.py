@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raddino.atomic import write_csv_atomic
 from raddino.data.manifest import read_manifest
 from raddino.devices import check_device
 from raddino.eval import caveats
@@ -191,23 +191,21 @@ def probe_markdown(report: ProbeReport) -> str:
 
 def write_predictions(path: Path, report: ProbeReport) -> Path:
     """Test predictions: protocol, target, path, patient_id, label, score."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["protocol", "target", "path", "patient_id", "label", "score"])
-        for protocol, result in report.results.items():
-            for t in result.targets.values():
-                for column, label, score in zip(t.columns, t.y, t.score, strict=True):
-                    writer.writerow(
-                        [
-                            protocol,
-                            t.name,
-                            report.test_paths[column],
-                            report.test_patients[column],
-                            f"{label:g}",
-                            f"{score:.6g}",
-                        ]
-                    )
-    return path
+    rows = (
+        [
+            protocol,
+            t.name,
+            report.test_paths[column],
+            report.test_patients[column],
+            f"{label:g}",
+            f"{score:.6g}",
+        ]
+        for protocol, result in report.results.items()
+        for t in result.targets.values()
+        for column, label, score in zip(t.columns, t.y, t.score, strict=True)
+    )
+    header = ["protocol", "target", "path", "patient_id", "label", "score"]
+    return write_csv_atomic(path, header, rows)
 
 
 def write_probe_report(report: ProbeReport, out_dir: str | Path) -> dict[str, Path]:

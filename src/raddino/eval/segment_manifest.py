@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from raddino.atomic import write_csv_atomic
 from raddino.data.manifest import read_manifest
 from raddino.data.preprocess import PreprocessConfig
 from raddino.devices import check_device
@@ -177,16 +177,15 @@ def segment_markdown(report: SegmentReport) -> str:
 def write_segment_report(report: SegmentReport, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_image = out / "scores_per_image.csv"
-    with per_image.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "structure", "dice", "iou"])
-        for i, path in enumerate(report.test_paths):
-            for s, structure in enumerate(report.metrics):
-                if np.isfinite(report.dice[i, s]):
-                    writer.writerow(
-                        [path, structure, f"{report.dice[i, s]:.6f}", f"{report.iou[i, s]:.6f}"]
-                    )
+    scores = (
+        [path, structure, f"{report.dice[i, s]:.6f}", f"{report.iou[i, s]:.6f}"]
+        for i, path in enumerate(report.test_paths)
+        for s, structure in enumerate(report.metrics)
+        if np.isfinite(report.dice[i, s])
+    )
+    per_image = write_csv_atomic(
+        out / "scores_per_image.csv", ["path", "structure", "dice", "iou"], scores
+    )
     return {
         "json": write_json(out / "segment.json", report.to_dict()),
         "markdown": write_text(out / "segment.md", segment_markdown(report)),

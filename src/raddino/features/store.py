@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from raddino.atomic import TMP_PREFIX, fsync_dir, write_bytes_atomic
+from raddino.atomic import TMP_PREFIX, csv_bytes, fsync_dir, write_bytes_atomic
 from raddino.output_lock import OutputLock, is_lock_file
 
 __all__ = [
@@ -252,19 +252,6 @@ class StoreSummary:
 
 
 # --------------------------------------------------------------------------- file helpers
-
-
-def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
-    lines: list[str] = []
-
-    class _Sink:
-        def write(self, s: str) -> None:
-            lines.append(s)
-
-    writer = csv.writer(_Sink(), lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return "".join(lines).encode("utf-8")
 
 
 def _read_csv(path: Path, header: Sequence[str]) -> list[list[str]]:
@@ -593,11 +580,9 @@ class FeatureStoreWriter:
 
         index_rows = [(p, *location[p]) for p in order if p in location]
         reject_rows = [(p, reasons[p]) for p in order if p not in location and p in reasons]
+        write_bytes_atomic(self.out_dir / _REJECTS_FILE, csv_bytes(("path", "reason"), reject_rows))
         write_bytes_atomic(
-            self.out_dir / _REJECTS_FILE, _csv_bytes(("path", "reason"), reject_rows)
-        )
-        write_bytes_atomic(
-            self.out_dir / _INDEX_FILE, _csv_bytes(("path", "shard", "row"), index_rows)
+            self.out_dir / _INDEX_FILE, csv_bytes(("path", "shard", "row"), index_rows)
         )
         self._finalized = True
         return StoreSummary(

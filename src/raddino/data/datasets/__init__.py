@@ -20,9 +20,8 @@ from types import ModuleType
 
 import numpy as np
 
-from raddino.atomic import write_bytes_atomic
+from raddino.atomic import write_bytes_atomic, write_csv_atomic
 from raddino.data.datasets import brax, candid, chexpert, mimic, nih, padchest, rsna, siim, vindr
-from raddino.data.datasets.csv_tables import csv_bytes
 from raddino.data.datasets.errors import DatasetLayoutError
 from raddino.data.datasets.index_table import IndexTable
 from raddino.data.datasets.labels import LabelPolicy, format_label
@@ -190,19 +189,17 @@ def write_index(
             values += [columns[c][i] for c in rest]
             yield values
 
-    write_bytes_atomic(out, csv_bytes(header, rows()))
+    write_csv_atomic(out, header, rows())
 
     report = folder / f"{out.stem}.missing.csv"
     if missing:
         id_column = "image_id" if "image_id" in table.columns else "path"
-        write_bytes_atomic(
+        write_csv_atomic(
             report,
-            csv_bytes(
-                ["path", "image_id", "reason"],
-                (
-                    [table.columns["path"][i], table.columns[id_column][i], "file not found"]
-                    for i in sorted(missing)
-                ),
+            ["path", "image_id", "reason"],
+            (
+                [table.columns["path"][i], table.columns[id_column][i], "file not found"]
+                for i in sorted(missing)
             ),
         )
     elif report.exists():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from raddino.data.datasets.errors import DatasetLayoutError
 
-__all__ = ["csv_bytes", "open_table", "require_columns", "table_header"]
+__all__ = ["open_table", "require_columns", "table_header"]
 
 
 def open_table(path: Path) -> Iterator[dict[str, str]]:
@@ -64,12 +64,3 @@ def _open_text(path: Path) -> io.TextIOBase:
     if name.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return path.open(encoding="utf-8-sig", newline="")
-
-
-def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:
-    """A CSV document (``\\n`` line ends) as UTF-8 bytes."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")

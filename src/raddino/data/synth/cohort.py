@@ -16,7 +16,6 @@ sizes are close to, not exactly, the fractions.
 
 from __future__ import annotations
 
-import csv
 import json
 import multiprocessing
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from raddino.atomic import write_atomic
+from raddino.atomic import write_csv_atomic
 from raddino.data.splits import check_split_fractions, split_by_patient
 from raddino.data.synth.anatomy import PREP_VERSION, cached_anatomy, read_anatomy
 from raddino.data.synth.findings import DEFAULT_PREVALENCE, FINDINGS
@@ -201,13 +200,8 @@ def render_rows(
 def write_manifest(rows: list[dict[str, str]], path: Path) -> None:
     """Write the manifest atomically (a temporary file renamed into place)."""
 
-    def write(temp: Path) -> None:
-        with temp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(path, write)
+    values = ([row.get(column, "") for column in MANIFEST_COLUMNS] for row in rows)
+    write_csv_atomic(path, MANIFEST_COLUMNS, values)
 
 
 def generate_cohort(

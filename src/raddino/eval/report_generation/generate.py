@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raddino.atomic import write_atomic
+from raddino.atomic import write_csv_atomic
 from raddino.devices import check_device
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.report_generation.data import ImageTokens, encode_images, read_report_rows
@@ -99,15 +99,8 @@ def generate_reports(
         texts = model.generate(images, options.max_new_tokens, options.num_beams)
         reports.update(zip(batch.tolist(), texts, strict=True))
 
-    def write(temp: Path) -> None:
-        with temp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "report"])
-            for i, path in enumerate(rows.paths):
-                if i in reports:
-                    writer.writerow([path, reports[i]])
-
-    return write_atomic(out_file, write)
+    written = ([path, reports[i]] for i, path in enumerate(rows.paths) if i in reports)
+    return write_csv_atomic(out_file, ["path", "report"], written)
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:
