@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from raddino.ssl.config import PretrainConfig, load_config
 from raddino.ssl.masking import sample_batch_masks
 from raddino.ssl.optim import apply_schedule, build_optimizer
-from raddino.ssl.trainer import autocast_context, build_meta, make_schedules
+from raddino.ssl.run import autocast_context
+from raddino.ssl.trainer import build_meta, make_schedules
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -127,7 +127,7 @@ def test_encode_options_take_torch_objects_and_parse_a_device_name_once():
 
 @pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
 def test_training_auto_follows_the_policy_on_the_cpu(native_bf16, native, expected):
-    from raddino.ssl.trainer import training_precision
+    from raddino.ssl.run import training_precision
 
     native_bf16(native)
     assert training_precision("auto", CPU) == expected
@@ -137,7 +137,7 @@ def test_training_auto_follows_the_policy_on_the_cpu(native_bf16, native, expect
 
 @pytest.mark.parametrize("name", ["fp16", "float16"])
 def test_fp16_training_on_the_cpu_is_refused(name):
-    from raddino.ssl.trainer import training_precision
+    from raddino.ssl.run import training_precision
 
     with pytest.raises(ValueError, match=r"^train\.precision=fp16 needs a CUDA device"):
         training_precision(name, CPU)

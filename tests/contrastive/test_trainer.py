@@ -20,7 +20,7 @@ from raddino.models.encoder import RadDino
 from raddino.ssl.checkpoint import list_checkpoints, load_checkpoint
 from raddino.ssl.config import load_config
 from raddino.ssl.metrics import read_metrics
-from raddino.ssl.trainer import RunExistsError, TrainingDivergedError
+from raddino.ssl.run import RunExistsError, TrainingDivergedError
 from tests.contrastive.conftest import CLIP_TINY_OVERRIDES, write_manifest
 from tests.ssl.test_trainer import free_port, subprocess_env
 
@@ -91,7 +91,8 @@ def test_the_image_tower_starts_from_the_image_only_recipes_initial_weights(
 ):
     from raddino.contrastive.data import read_pairs
     from raddino.contrastive.tokenizer import train_tokenizer
-    from raddino.ssl.trainer import build_meta, seed_everything
+    from raddino.ssl.run import seed_everything
+    from raddino.ssl.trainer import build_meta
     from tests.ssl.conftest import TINY_OVERRIDES
 
     dino = load_config(None, TINY_OVERRIDES)

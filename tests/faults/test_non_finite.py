@@ -19,6 +19,7 @@ from raddino.cli.main import main
 from raddino.ssl import trainer
 from raddino.ssl.checkpoint import list_checkpoints, load_checkpoint
 from raddino.ssl.metrics import read_metrics
+from raddino.ssl.run import TrainingDivergedError
 from raddino.ssl.trainer import pretrain
 from tests.conftest import synthetic_radiograph
 from tests.data.test_io import dicom_dataset, save_dicom
@@ -184,7 +185,7 @@ def test_a_nan_in_the_first_steps_leaves_no_checkpoint_and_the_run_starts_again(
 ):
     run = tmp_path / "run"
     poison_batch_of_step(monkeypatch, 0)
-    with pytest.raises(trainer.TrainingDivergedError, match="Last good checkpoint: none yet"):
+    with pytest.raises(TrainingDivergedError, match="Last good checkpoint: none yet"):
         pretrain(run_config(), [str(pretrain_images)], run, progress=False)
     monkeypatch.undo()
     assert list_checkpoints(run) == [] and read_metrics(run) == []
@@ -207,6 +208,6 @@ def test_a_nan_weight_in_a_resumed_checkpoint_stops_at_the_first_step(
     key = "student.backbone.blocks.0.attn.qkv.weight"
     state["model"][key][0, 0] = float("nan")
     torch.save(state, path)
-    with pytest.raises(trainer.TrainingDivergedError, match="step 2: the loss is not finite"):
+    with pytest.raises(TrainingDivergedError, match="step 2: the loss is not finite"):
         pretrain(run_config(), [str(pretrain_images)], run, resume=True, progress=False)
     assert [step for step, _ in list_checkpoints(run)] == [2]

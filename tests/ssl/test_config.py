@@ -63,7 +63,7 @@ def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively(
     import torch
 
     from raddino import devices
-    from raddino.ssl.trainer import training_precision
+    from raddino.ssl.run import training_precision
 
     assert load_config(None, ["train.precision=auto"]).train.precision == "auto"
     cpu = torch.device("cpu")

@@ -17,7 +17,8 @@ from raddino.models.encoder import RadDino
 from raddino.ssl.checkpoint import list_checkpoints, load_checkpoint
 from raddino.ssl.config import load_config
 from raddino.ssl.metrics import read_metrics
-from raddino.ssl.trainer import RunExistsError, TrainingDivergedError, pretrain
+from raddino.ssl.run import RunExistsError, TrainingDivergedError
+from raddino.ssl.trainer import pretrain
 from tests.ssl.conftest import TINY_OVERRIDES
 
 LOSSES = ("loss", "dino_local", "dino_global", "koleo", "ibot")

@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from raddino.ssl import distributed
     from raddino.ssl.config import load_config
-    from raddino.ssl.trainer import TrainingDivergedError, pretrain
+    from raddino.ssl.run import TrainingDivergedError
+    from raddino.ssl.trainer import pretrain
 
     config = load_config(args.config, args.overrides)
     train = pretrain

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel
 
@@ -36,26 +35,27 @@ from raddino.contrastive.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from raddino.precision import parse_dtype, short_name
 from raddino.ssl import distributed
-from raddino.ssl.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
+from raddino.ssl.checkpoint import load_latest_checkpoint, save_checkpoint
 from raddino.ssl.data import step_loader, step_progress
 from raddino.ssl.metrics import MetricsLog
-from raddino.ssl.schedules import cosine_schedule
-from raddino.ssl.trainer import (
+from raddino.ssl.run import (
     RunSummary,
-    TrainingDivergedError,
     autocast_context,
-    backbone_config,
-    effective_lr,
+    describe_run,
     existing_run,
+    gathered_rng_states,
+    gradient_scaler,
     hold_run_directory,
-    restore_rng,
+    optimizer_step,
+    restore_loop_state,
     resume_state,
-    rng_state,
     seed_everything,
+    stop_if_diverged,
     training_precision,
 )
+from raddino.ssl.schedules import cosine_schedule
+from raddino.ssl.trainer import backbone_config, effective_lr
 
 
 def build_model(config: ContrastiveConfig, tokenizer: Tokenizer) -> ImageTextModel:
@@ -169,33 +169,27 @@ def _train(
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
         towers = DistributedDataParallel(model, device_ids=device_ids)
     optimizer = build_optimizer(model, config.optim)
-    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
+    scaler = gradient_scaler(precision)
 
     start_step = 0
     if existing is not None:
         existing, state = resume_state(run_dir, config.recipe)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"][env.rank] if isinstance(state["rng"], list) else state["rng"])
-        start_step = int(state["step"])
+        start_step = restore_loop_state(state, scaler, env)
 
     global_batch = train.batch_size * env.world_size
     lr = effective_lr(config, global_batch)
     if env.is_main:
         write_atomic(run_dir / "config.yaml", lambda temp: temp.write_text(config.to_yaml()))
         skipped = f" ({pairs.skipped_empty} rows without a report skipped)"
-        print(
+        what = (
             f"contrastive pre-training ({config.contrastive.objective}) on {len(pairs.paths)} "
             f"image-report pairs{skipped if pairs.skipped_empty else ''}, vocabulary "
-            f"{tokenizer.get_vocab_size()}, {env.world_size} process(es) x batch "
-            f"{train.batch_size} = global batch {global_batch}, lr {lr:.3g} "
-            f"({config.optim.lr_scaling} scaling of {config.optim.base_lr:g} per 1024), "
-            f"steps {start_step} -> {train.steps}, device {env.device}, {short_name(precision)}"
-            + (" (auto)" if parse_dtype(train.precision) is None else ""),
-            file=sys.stderr,
+            f"{tokenizer.get_vocab_size()}"
         )
+        line = describe_run(what, train, config.optim, env, lr, start_step, precision)
+        print(line, file=sys.stderr)
     distributed.barrier()
     log = MetricsLog(run_dir, start_step, train.tensorboard) if env.is_main else None
 
@@ -217,25 +211,8 @@ def _train(
             with autocast_context(precision, env.device):
                 out = towers(batch.images, batch.input_ids, batch.attention_mask)
             loss, values = global_batch_loss(out, config.contrastive.objective, env)
-            if distributed.any_process(not torch.isfinite(loss).item(), env.device):
-                parts = {k: f"{v.item():.4g}" for k, v in values.items()}
-                kept = latest_checkpoint(run_dir)
-                raise TrainingDivergedError(
-                    f"step {step}: the loss is not finite ({parts}); the run stops here. "
-                    f"Last good checkpoint: {kept or 'none yet'}. Lower optim.base_lr, raise "
-                    "optim.warmup_steps or use train.precision=fp32."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                clip_gradients(model, o.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                clip_gradients(model, o.clip_grad)
-                optimizer.step()
+            stop_if_diverged(loss, values, step, run_dir, env.device)
+            optimizer_step(loss, optimizer, scaler, lambda: clip_gradients(model, o.clip_grad))
             model.clamp_logit_scale()
 
             if step % train.log_every == 0 or step == train.steps - 1:
@@ -280,10 +257,7 @@ def save_run_checkpoint(
 ) -> None:
     """Rank 0 writes the state; every rank's RNG state is gathered into it. ``recipe`` and
     ``backbone_config`` tell :mod:`raddino.models.formats` where the image tower is."""
-    states: list = [rng_state()]
-    if env.distributed:
-        states = [None] * env.world_size
-        dist.all_gather_object(states, rng_state())
+    rng = gathered_rng_states(env)
     if env.is_main:
         state = {
             "step": step,
@@ -291,7 +265,7 @@ def save_run_checkpoint(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
-            "rng": states if env.distributed else states[0],
+            "rng": rng,
             "config": config.to_dict(),
             "backbone_config": model.vision.config.to_dict(),
             "text_config": model.text.encoder.config.to_dict(),

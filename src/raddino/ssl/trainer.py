@@ -7,13 +7,10 @@ EMA teacher -> metrics; checkpoints every ``train.checkpoint_every`` steps and a
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,34 +21,30 @@ from raddino.atomic import write_atomic
 from raddino.data.manifest import collect_inputs
 from raddino.models.dino_head import HeadConfig, load_head_file
 from raddino.models.vit import ViTConfig, vit_config
-from raddino.output_lock import OutputLock
-from raddino.precision import parse_dtype, resolve_dtype, short_name
 from raddino.ssl import distributed
-from raddino.ssl.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
+from raddino.ssl.checkpoint import save_checkpoint
 from raddino.ssl.config import PretrainConfig
 from raddino.ssl.data import PretrainStream, collate_crops, step_loader, step_progress
 from raddino.ssl.masking import BlockMasking, sample_batch_masks
 from raddino.ssl.meta_arch import StudentTeacher
 from raddino.ssl.metrics import CollapseMonitor, MetricsLog
 from raddino.ssl.optim import apply_schedule, build_optimizer
+from raddino.ssl.run import (
+    RunSummary,
+    autocast_context,
+    describe_run,
+    existing_run,
+    gathered_rng_states,
+    gradient_scaler,
+    hold_run_directory,
+    optimizer_step,
+    restore_loop_state,
+    resume_state,
+    seed_everything,
+    stop_if_diverged,
+    training_precision,
+)
 from raddino.ssl.schedules import Schedules
-
-
-class TrainingDivergedError(RuntimeError):
-    """A non-finite loss: the run stops and its last checkpoint stays as it was."""
-
-
-class RunExistsError(ValueError):
-    """The output directory already holds a run and --resume was not given."""
-
-
-@dataclass
-class RunSummary:
-    run_dir: Path
-    start_step: int
-    end_step: int
-    seconds: float
-    last_metrics: dict[str, float]
 
 
 def backbone_config(config: PretrainConfig, initial: ViTConfig | None = None) -> ViTConfig:
@@ -153,49 +146,6 @@ def step_masks(
     return masks[rows + [g + r for r in rows]]
 
 
-def training_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``train.precision`` (a config name) as the autocast dtype on ``device``; ``auto`` by
-    :func:`raddino.precision.auto_dtype`. fp16 only on CUDA (its gradient scaler is CUDA's)."""
-    try:
-        dtype = resolve_dtype(parse_dtype(precision), device)
-    except ValueError as error:
-        raise ValueError(f"train.precision: {error}") from None
-    if dtype == torch.float16 and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on the CPU")
-    return dtype
-
-
-def existing_run(run_dir: Path, resume: bool) -> Path | None:
-    """The newest checkpoint of ``run_dir`` (None: a new run); RunExistsError without
-    ``resume``."""
-    existing = latest_checkpoint(run_dir)
-    if existing is not None and not resume:
-        raise RunExistsError(
-            f"{run_dir} already holds a run ({existing.name}); pass --resume to continue it "
-            "or choose another --out"
-        )
-    return existing
-
-
-def resume_state(run_dir: Path, recipe: str) -> tuple[Path, dict]:
-    """The newest loadable checkpoint (damaged newer ones skipped) and its state; a checkpoint
-    another recipe wrote is refused in one line."""
-    path, state = load_latest_checkpoint(run_dir)
-    written = state.get("recipe", "dino")
-    if written != recipe:
-        raise ValueError(
-            f"{path}: a checkpoint of recipe={written}; resume it with that recipe's config"
-        )
-    return path, state
-
-
-def autocast_context(precision: torch.dtype, device: torch.device):
-    """Autocast to ``precision`` on ``device``; nothing for float32."""
-    if precision == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=precision)
-
-
 def clip_gradients(branch: torch.nn.Module, max_norm: float) -> None:
     """Clip backbone and heads separately, as DINOv2 does."""
     if max_norm <= 0:
@@ -203,27 +153,6 @@ def clip_gradients(branch: torch.nn.Module, max_norm: float) -> None:
     for part in (branch.backbone, branch.dino_head, branch.ibot_head):
         if part is not None:
             torch.nn.utils.clip_grad_norm_(part.parameters(), max_norm)
-
-
-def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
-    random.seed(seed + rank)
-    np.random.seed(seed + rank)
-    torch.manual_seed(seed + rank)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def pretrain(
@@ -242,31 +171,6 @@ def pretrain(
     env = distributed.init_distributed(config.train.device)
     with hold_run_directory(run_dir, env):
         return _train(config, data, run_dir, env, resume, progress)
-
-
-@contextlib.contextmanager
-def hold_run_directory(run_dir: Path, env: distributed.DistEnv) -> Iterator[None]:
-    """Hold ``run_dir``'s output lock on the first process, which alone writes there.
-
-    Under torchrun the first process's outcome is broadcast: when it is refused (or fails to
-    lock), every process raises the same error instead of waiting at the next collective.
-    """
-    lock = OutputLock(run_dir) if env.is_main else None
-    failure: Exception | None = None
-    if lock is not None:
-        try:
-            lock.acquire()
-        except Exception as error:  # re-raised on every process below
-            failure = error
-    if env.distributed:
-        failure = distributed.broadcast_object(failure)
-    if failure is not None:
-        raise failure
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _train(
@@ -297,7 +201,7 @@ def _train(
         device_ids = [env.local_rank] if env.device.type == "cuda" else None
         student = DistributedDataParallel(meta.student, device_ids=device_ids)
     optimizer = build_optimizer(meta.student, config.optim)
-    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
+    scaler = gradient_scaler(precision)
 
     start_step = 0
     if existing is not None:
@@ -308,10 +212,7 @@ def _train(
                 f"{existing}: written with train.strategy={written}; resume with the same strategy"
             )
         load_training_state(meta, optimizer, state, sharded)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"][env.rank] if isinstance(state["rng"], list) else state["rng"])
-        start_step = int(state["step"])
+        start_step = restore_loop_state(state, scaler, env)
 
     global_batch = train.batch_size * env.world_size
     lr = effective_lr(config, global_batch)
@@ -319,14 +220,9 @@ def _train(
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", lambda temp: temp.write_text(config.to_yaml()))
-        print(
-            f"pre-training {len(paths)} images, {env.world_size} process(es) x batch "
-            f"{train.batch_size} = global batch {global_batch}, lr {lr:.3g} "
-            f"({config.optim.lr_scaling} scaling of {config.optim.base_lr:g} per 1024), "
-            f"steps {start_step} -> {train.steps}, device {env.device}, {short_name(precision)}"
-            + (" (auto)" if parse_dtype(train.precision) is None else ""),
-            file=sys.stderr,
-        )
+        what = f"pre-training {len(paths)} images"
+        line = describe_run(what, train, config.optim, env, lr, start_step, precision)
+        print(line, file=sys.stderr)
     distributed.barrier()
     log = MetricsLog(run_dir, start_step, train.tensorboard) if env.is_main else None
     monitor = CollapseMonitor(
@@ -356,25 +252,13 @@ def _train(
             masks = step_masks(config, step, grid, env).to(env.device)
             with autocast_context(precision, env.device):
                 out = meta(globals_, locals_, masks, values.teacher_temp, student=student)
-            if distributed.any_process(not torch.isfinite(out.total).item(), env.device):
-                parts = {k: f"{v.item():.4g}" for k, v in out.log_values().items()}
-                kept = latest_checkpoint(run_dir)
-                raise TrainingDivergedError(
-                    f"step {step}: the loss is not finite ({parts}); the run stops here. "
-                    f"Last good checkpoint: {kept or 'none yet'}. Lower optim.base_lr, raise "
-                    "optim.warmup_steps or use train.precision=fp32."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(out.total).backward()
-                scaler.unscale_(optimizer)
-                clip_gradients(meta.student, config.optim.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                out.total.backward()
-                clip_gradients(meta.student, config.optim.clip_grad)
-                optimizer.step()
+            stop_if_diverged(out.total, out.log_values(), step, run_dir, env.device)
+            optimizer_step(
+                out.total,
+                optimizer,
+                scaler,
+                lambda: clip_gradients(meta.student, config.optim.clip_grad),
+            )
             if sharded:
                 distributed.reshard(meta.student)
                 distributed.reshard(meta.teacher)
@@ -459,12 +343,7 @@ def save_run_checkpoint(
 ) -> None:
     """Rank 0 writes the full state; every rank's RNG state is gathered into it."""
     model_state, optim_state = training_state(meta, optimizer, sharded)
-    states = [rng_state()]
-    if env.distributed:
-        import torch.distributed as dist
-
-        states = [None] * env.world_size
-        dist.all_gather_object(states, rng_state())
+    rng = gathered_rng_states(env)
     if env.is_main:
         state = {
             "step": step,
@@ -472,7 +351,7 @@ def save_run_checkpoint(
             "optimizer": optim_state,
             "sharded": sharded,
             "scaler": scaler.state_dict() if scaler is not None else {},
-            "rng": states if env.distributed else states[0],
+            "rng": rng,
             "config": config.to_dict(),
             "backbone_config": meta.teacher.backbone.config.to_dict(),
             "head_config": meta.teacher.dino_head.config.to_dict(),
