@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raddino.cli.options import add_device_argument, add_dtype_argument
+from raddino.cli.options import add_device_argument, add_dtype_argument, add_model_argument
 from raddino.data.io import DEFAULT_MAX_PIXELS
 
 HELP = "encode images (files, folders, manifest CSVs) into a features store"
@@ -29,9 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image file, folder or manifest .csv"
     )
-    parser.add_argument(
-        "--model", required=True, help="HF Dinov2 directory or DINOv2 .safetensors/.pth"
-    )
+    add_model_argument(parser)
     parser.add_argument("--out", required=True, help="features store directory")
     add_device_argument(parser, default="cpu")
     add_dtype_argument(

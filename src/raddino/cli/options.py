@@ -31,6 +31,22 @@ def dtype_argument(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+MODEL_SOURCES = "a Hugging Face Dinov2 directory, a DINOv2 .safetensors/.pth file or a raddino run"
+
+
+def add_model_argument(parser: argparse.ArgumentParser, baselines: bool = False) -> None:
+    """``--model``: the weights to load (:meth:`raddino.RadDino.from_pretrained`); with
+    ``baselines`` also ``random:PATH`` and ``pixels:SIDE``
+    (:class:`raddino.eval.encoders.EncoderSpec`)."""
+    extra = (
+        "; random:PATH for a random-initialised encoder of that architecture, pixels:SIDE for "
+        "the raw-pixel baseline"
+        if baselines
+        else ""
+    )
+    parser.add_argument("--model", required=True, help=f"{MODEL_SOURCES}{extra}")
+
+
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "cpu") -> None:
     """``--device``; ``raddino.cli.main`` checks it before the command runs."""
     parser.add_argument(

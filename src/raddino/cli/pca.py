@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raddino.cli.options import add_device_argument, positive_int
+from raddino.cli.options import add_device_argument, add_model_argument, positive_int
 
 HELP = "colour each patch by the first three principal components of the patch tokens"
 DESCRIPTION = f"""{HELP}.
@@ -45,11 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="HF Dinov2 directory, DINOv2 .safetensors/.pth or raddino run directory",
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "images", nargs="+", metavar="IMG", help="image file, or folder (searched recursively)"
     )

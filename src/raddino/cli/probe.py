@@ -7,6 +7,7 @@ from pathlib import Path
 
 from raddino.cli.options import (
     add_evaluation_arguments,
+    add_model_argument,
     add_probe_arguments,
     encode_options,
     probe_config,
@@ -23,12 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the test split come with patient-level bootstrap intervals. Writes probe.md, "
         "probe.json and predictions.csv.",
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="HF Dinov2 directory or DINOv2 .safetensors/.pth; random:PATH for a random-"
-        "initialised encoder of that architecture",
-    )
+    add_model_argument(parser, baselines=True)
     add_probe_arguments(parser)
     add_evaluation_arguments(parser)
     parser.set_defaults(run=run)

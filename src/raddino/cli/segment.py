@@ -7,6 +7,7 @@ from pathlib import Path
 
 from raddino.cli.options import (
     add_evaluation_arguments,
+    add_model_argument,
     add_segment_arguments,
     encode_options,
     segment_config,
@@ -24,12 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "validation split. Writes segment.md, segment.json, scores_per_image.csv, "
         "head.safetensors and overlays/.",
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="HF Dinov2 directory or DINOv2 .safetensors/.pth; random:PATH for a random-"
-        "initialised encoder of that architecture",
-    )
+    add_model_argument(parser, baselines=True)
     add_segment_arguments(parser)
     add_evaluation_arguments(parser)
     parser.set_defaults(run=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from raddino.cli.options import add_device_argument, positive_int
+from raddino.cli.options import add_device_argument, add_model_argument, positive_int
 
 HELP = "similarity of one query patch to every patch of other images (the paper's Figure 2)"
 DESCRIPTION = f"""{HELP}.
@@ -51,11 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="HF Dinov2 directory, DINOv2 .safetensors/.pth or raddino run directory",
-    )
+    add_model_argument(parser)
     parser.add_argument("query", metavar="QUERY_IMG", help="image holding the query patch")
     parser.add_argument(
         "--point",

@@ -3,7 +3,8 @@
 **Why CLIP's loss is the default, at a CPU batch of 32.** SigLIP's paper (Zhai et al., ICCV
 2023, Sec. 4) finds its pairwise sigmoid loss ahead of CLIP's softmax at small batch sizes,
 which argued for it here. Two properties of our setting, seen on the synthetic cohort, and the
-paper's baseline argue the other way (``docs/pretraining.md``, "Language-supervised recipe"):
+paper's baseline argue the other way
+(``docs/experiments/2026-12-05-language-supervised-preset.md``):
 
 * **t and b do not move in a short run.** Adam changes a scalar by about the learning rate per
   step: 800 steps at the preset's 3.5e-4 move t and b by less than 0.3. With SigLIP's published

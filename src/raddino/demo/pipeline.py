@@ -216,8 +216,8 @@ class Demo:
             self.rates.report_seconds = reports.get("seconds")
 
     def estimate_cohort(self) -> float:
-        # measured (docs/synthetic_cohort.md): 2.3 images/s at 256 px on 2 busy cores;
-        # rendering cost grows with the pixel count
+        # a first guess until this machine's rate is known: 2.3 images/s at 256 px on 2 busy
+        # cores (docs/experiments/2026-11-synthetic-cohort.md); cost grows with the pixel count
         per_image = self.rates.synth_seconds_per_image or (
             (self.sizes.size / 256) ** 2 / 2.3 * (2 / max(1, min(2, self.options.workers or 1)))
         )
@@ -225,7 +225,8 @@ class Demo:
 
     def estimate_pretrain(self, stage: str) -> float:
         config = self.configs[stage]
-        # measured (docs/pretraining.md): ~45 images/s for tiny_cpu on 2 cores, fp32
+        # a first guess until a step is timed: ~40 images/s for tiny_cpu on 2 cores
+        # (docs/experiments/2026-11-cpu-preset-rounds.md)
         rates = self.rates.pretrain_seconds_per_step
         per_step = rates.get(stage) or rates.get("pretrain") or config.train.batch_size / 40
         return config.train.steps * per_step

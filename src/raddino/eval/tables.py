@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from raddino.atomic import write_bytes_atomic
 from raddino.eval.bootstrap import Estimate
 
 METRIC_NAMES = {
@@ -112,17 +113,13 @@ def to_jsonable(value: object) -> object:
 
 
 def write_json(path: str | Path, data: object) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(data), indent=2) + "\n", encoding="utf-8")
-    return path
+    """``data`` as indented JSON (:func:`to_jsonable`), written atomically."""
+    return write_bytes_atomic(path, (json.dumps(to_jsonable(data), indent=2) + "\n").encode())
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    return path
+    """``text`` ending in one newline, written atomically."""
+    return write_bytes_atomic(path, (text if text.endswith("\n") else text + "\n").encode())
 
 
 def interval_note(n_resamples: int, level: float) -> str:

@@ -33,7 +33,7 @@ Runner = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 BACKEND_NAMES = {"off": "eager", "onednn": "oneDNN Graph", "inductor": "inductor"}
 
 
-class _TokenOutputs(nn.Module):
+class BackboneTuple(nn.Module):
     """The backbone as a function of images only, returning a tuple of tensors (traceable)."""
 
     def __init__(self, backbone: VisionTransformer, layers: Sequence[int]) -> None:
@@ -74,7 +74,7 @@ class InferenceEngine:
         self.backend = compile
         self.compile_seconds: float | None = None
         self.compile_error: str | None = None
-        self._module = _TokenOutputs(self.backbone, self.layers).eval()
+        self._module = BackboneTuple(self.backbone, self.layers).eval()
         self._on_event = on_event or (lambda message: None)
         self._runners: dict[tuple[int, ...], Runner] = {}  # input shape -> compiled runner
         self._calls: dict[tuple[int, ...], int] = {}

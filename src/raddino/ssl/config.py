@@ -5,8 +5,8 @@ Every value is checked when the config is built; errors name the dotted key
 
 The top-level key ``recipe`` names the recipe: ``dino`` (the default: DINO + iBOT + KoLeo,
 :class:`PretrainConfig`) or ``contrastive`` (image-report pairs,
-:class:`raddino.contrastive.config.ContrastiveConfig`). A DINO config is written without it, so
-configs and runs from before recipes existed read and write unchanged.
+:class:`raddino.contrastive.config.ContrastiveConfig`). A DINO config is written without it (the
+default needs no key).
 """
 
 from __future__ import annotations
