@@ -25,7 +25,6 @@ from raddino.data.datasets.index_table import IndexTable, TableBuilder
 from raddino.data.datasets.labels import chexpert_style_labels
 from raddino.data.datasets.metadata import normalise_sex, parse_age
 from raddino.data.datasets.options import IndexOptions
-from raddino.data.splits import split_by_patient
 
 NAME = "brax"
 OPTIONS = {
@@ -61,9 +60,7 @@ def index(root: Path, options: IndexOptions) -> IndexTable:
         builder.add(
             {
                 "path": path,
-                "split": split_by_patient(
-                    patient, options.val_fraction, options.test_fraction, options.seed
-                ),
+                "split": options.split_of(patient),
                 "patient_id": patient,
                 "study_id": row.get("AccessionNumber", "").strip(),
                 "view": _VIEWS.get(view, view),

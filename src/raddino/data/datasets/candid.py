@@ -29,7 +29,6 @@ from raddino.data.datasets.headers import image_header
 from raddino.data.datasets.index_table import IndexTable, PendingMask, TableBuilder
 from raddino.data.datasets.options import IndexOptions
 from raddino.data.datasets.rle import RLE_FORMATS, is_empty_rle
-from raddino.data.splits import split_by_patient
 
 NAME = "candid-ptx"
 LABELS = ("Pneumothorax", "Chest Tube", "Rib Fracture")
@@ -71,9 +70,7 @@ def index(root: Path, options: IndexOptions) -> IndexTable:
         patient = patient or image_id
         record = {
             "path": found or os.path.join(root, "dataset", image_id),
-            "split": split_by_patient(
-                patient, options.val_fraction, options.test_fraction, options.seed
-            ),
+            "split": options.split_of(patient),
             "patient_id": patient,
             "image_id": image_id,
             "view": header.get("view", ""),

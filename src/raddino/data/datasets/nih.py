@@ -25,7 +25,6 @@ from raddino.data.datasets.files import find_file, find_images_by_stem
 from raddino.data.datasets.index_table import IndexTable, TableBuilder
 from raddino.data.datasets.metadata import normalise_sex, parse_age
 from raddino.data.datasets.options import IndexOptions
-from raddino.data.splits import split_by_patient
 
 NAME = "nih"
 FINDINGS = (
@@ -71,15 +70,9 @@ def index(root: Path, options: IndexOptions) -> IndexTable:
         found = images.get(name)
         patient = row["Patient ID"].strip()
         if has_lists:
-            split = (
-                "test"
-                if name in test_names
-                else split_by_patient(patient, options.val_fraction, 0.0, options.seed)
-            )
+            split = "test" if name in test_names else options.split_of(patient, test=False)
         else:
-            split = split_by_patient(
-                patient, options.val_fraction, options.test_fraction, options.seed
-            )
+            split = options.split_of(patient)
         record = {
             "path": found or os.path.join(images_dir, name),
             "split": split,

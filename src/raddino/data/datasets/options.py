@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from raddino.data.datasets.labels import LabelPolicy
-from raddino.data.splits import check_split_fractions
+from raddino.data.splits import check_split_fractions, split_by_patient
 
 __all__ = ["IndexOptions"]
 
@@ -24,6 +24,13 @@ class IndexOptions:
 
     def __post_init__(self) -> None:
         check_split_fractions(self.val_fraction, self.test_fraction)
+
+    def split_of(self, patient_id: str, test: bool = True) -> str:
+        """The patient's split (:func:`raddino.data.splits.split_by_patient`) under these
+        fractions and seed; ``test=False`` where the dataset's own test split is kept and only
+        validation is drawn from the rest."""
+        test_fraction = self.test_fraction if test else 0.0
+        return split_by_patient(patient_id, self.val_fraction, test_fraction, self.seed)
 
     def get(self, key: str, default: str) -> str:
         """A dataset-specific setting (``--set key=value``), or ``default``."""

@@ -30,7 +30,6 @@ from raddino.data.datasets.files import find_file, find_images_by_stem
 from raddino.data.datasets.index_table import IndexTable, TableBuilder
 from raddino.data.datasets.metadata import normalise_sex, parse_age
 from raddino.data.datasets.options import IndexOptions
-from raddino.data.splits import split_by_patient
 
 NAME = "padchest"
 OPTIONS = {
@@ -69,9 +68,7 @@ def index(root: Path, options: IndexOptions) -> IndexTable:
         builder.add(
             {
                 "path": found or os.path.join(root, row["ImageDir"].strip(), image_id),
-                "split": split_by_patient(
-                    patient, options.val_fraction, options.test_fraction, options.seed
-                ),
+                "split": options.split_of(patient),
                 "patient_id": patient,
                 "study_id": row.get("StudyID", "").strip(),
                 "view": _VIEWS.get(projection.upper(), projection.upper()),

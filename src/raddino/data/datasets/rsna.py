@@ -25,7 +25,6 @@ from raddino.data.datasets.files import find_file, find_images_by_stem
 from raddino.data.datasets.headers import image_header
 from raddino.data.datasets.index_table import IndexTable, TableBuilder
 from raddino.data.datasets.options import IndexOptions
-from raddino.data.splits import split_by_patient
 
 NAME = "rsna-pneumonia"
 LABELS = ("Pneumonia",)
@@ -71,9 +70,7 @@ def index(root: Path, options: IndexOptions) -> IndexTable:
         found = images.get(image_id)
         record = {
             "path": found or os.path.join(root, "stage_2_train_images", f"{image_id}.dcm"),
-            "split": split_by_patient(
-                image_id, options.val_fraction, options.test_fraction, options.seed
-            ),
+            "split": options.split_of(image_id),
             "patient_id": image_id,
             "image_id": image_id,
             "class": classes.get(image_id, ""),

@@ -32,7 +32,6 @@ from raddino.data.datasets.files import find_images_by_stem
 from raddino.data.datasets.headers import image_header
 from raddino.data.datasets.index_table import IndexTable, TableBuilder
 from raddino.data.datasets.options import IndexOptions
-from raddino.data.splits import split_by_patient
 
 NAME = "vindr-cxr"
 OPTIONS = {
@@ -84,11 +83,9 @@ def index(root: Path, options: IndexOptions) -> IndexTable:
             if part.split == "test":
                 split = "test"
             elif part.has_test:
-                split = split_by_patient(image_id, options.val_fraction, 0.0, options.seed)
+                split = options.split_of(image_id, test=False)
             else:
-                split = split_by_patient(
-                    image_id, options.val_fraction, options.test_fraction, options.seed
-                )
+                split = options.split_of(image_id)
             found = images.get(image_id)
             record = {
                 "path": found or os.path.join(root, part.folder, f"{image_id}.dicom"),
