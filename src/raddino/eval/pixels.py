@@ -25,25 +25,16 @@ Segmentation takes the linear head over one map only: raw pixels have no transfo
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from raddino.data.preprocess import PreprocessConfig
-from raddino.features.encode import (
-    EncodeOptions,
-    ImageFiles,
-    PatchMode,
-    collate,
-    mean_patch_token,
-)
+from raddino.features.encode import EncodeOptions, PatchMode, mean_patch_token, write_decoded
 from raddino.features.store import FeatureStoreWriter, StoreSummary
 
 if TYPE_CHECKING:
@@ -195,26 +186,12 @@ def encode_pixels_to_store(
         todo = [path for path in order if path not in writer.done]
         if not todo:
             return writer.finalize(order)
-        loader = DataLoader(
-            ImageFiles(todo, encoder.preprocess_config, options.max_pixels),
-            batch_size=options.batch_size,
-            num_workers=options.num_workers,
-            collate_fn=collate,
-        )
-        bar = tqdm(
-            total=len(todo),
-            unit="img",
-            desc="pixels",
-            disable=not options.progress,
-            file=sys.stderr,
-        )
-        for batch in loader:
-            for path, reason in batch.rejects:
-                writer.add_reject(path, reason)
-            if batch.pixels is not None:
-                writer.add(batch.paths, encoder.features(batch.pixels, options.patch_tokens))
-            bar.update(len(batch.paths) + len(batch.rejects))
-        bar.close()
+        cpu = replace(options, device=torch.device("cpu"))
+
+        def features(pixels: torch.Tensor) -> dict[str, np.ndarray]:
+            return encoder.features(pixels, options.patch_tokens)
+
+        write_decoded(writer, todo, encoder.preprocess_config, cpu, features, "pixels")
         return writer.finalize(order)
 
 

@@ -259,37 +259,52 @@ def encode_to_store(
                 f"engine runs {engine.dtype} on {engine.device} with layers {engine.layers}; "
                 f"the options ask for {dtype} on {device} with layers {tuple(layers)}"
             )
-        loader = DataLoader(
-            ImageFiles(todo, model.preprocess_config, options.max_pixels),
-            batch_size=options.batch_size,
-            num_workers=options.num_workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=_limit_worker_threads if options.num_workers else None,
-            persistent_workers=False,
-        )
-        bar = tqdm(
-            total=len(todo),
-            unit="img",
-            desc="encode",
-            disable=not options.progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        rejected = 0
         registers = model.config.num_register_tokens
-        with torch.inference_mode():
-            for batch in loader:
-                for path, reason in batch.rejects:
-                    writer.add_reject(path, reason)
-                if batch.pixels is not None:
-                    arrays = batch_arrays(
-                        engine, batch.pixels, model.preprocess_config, options, registers
-                    )
-                    writer.add(batch.paths, arrays)
-                bar.update(len(batch.paths) + len(batch.rejects))
-                if batch.rejects:
-                    rejected += len(batch.rejects)
-                    bar.set_postfix(rejected=rejected)
-        bar.close()
+
+        def features(pixels: torch.Tensor) -> dict[str, np.ndarray]:
+            return batch_arrays(engine, pixels, model.preprocess_config, options, registers)
+
+        write_decoded(writer, todo, model.preprocess_config, options, features, "encode")
         return writer.finalize(order)
+
+
+def write_decoded(
+    writer: FeatureStoreWriter,
+    paths: Sequence[str],
+    config: PreprocessConfig,
+    options: EncodeOptions,
+    features: Callable[[torch.Tensor], dict[str, np.ndarray]],
+    desc: str,
+) -> None:
+    """Decode and resize ``paths`` in ``options.num_workers`` workers, batch them, and write
+    ``features(uint8 pixels (B, C, H, W))`` of each batch (or each file's reason for failing) to
+    ``writer``, with a progress bar. Used by every encoder, the pixel baseline included."""
+    loader = DataLoader(
+        ImageFiles(paths, config, options.max_pixels),
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        collate_fn=collate,
+        pin_memory=options.device.type == "cuda",
+        worker_init_fn=_limit_worker_threads if options.num_workers else None,
+        persistent_workers=False,
+    )
+    bar = tqdm(
+        total=len(paths),
+        unit="img",
+        desc=desc,
+        disable=not options.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    rejected = 0
+    with torch.inference_mode():
+        for batch in loader:
+            for path, reason in batch.rejects:
+                writer.add_reject(path, reason)
+            if batch.pixels is not None:
+                writer.add(batch.paths, features(batch.pixels))
+            bar.update(len(batch.paths) + len(batch.rejects))
+            if batch.rejects:
+                rejected += len(batch.rejects)
+                bar.set_postfix(rejected=rejected)
+    bar.close()
