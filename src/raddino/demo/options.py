@@ -85,7 +85,7 @@ class Sizes:
     seg_epochs: int = 20
     prevalence: dict[str, float] | None = None  # None: the cohort's defaults
     val_fraction: float = 0.1
-    test_fraction: float = 0.2  # 400 test images: tighter intervals for the headline
+    test_fraction: float = 0.2  # about 400 test images: tighter intervals for the headline
     overrides: tuple[str, ...] = ()
     language_overrides: tuple[str, ...] = ()
     encode_batch: int = 64
