@@ -25,6 +25,29 @@ a small ViT at 518 px so it takes seconds, ``--rss-full`` with the RAD-DINO-size
 With ``--device cuda`` the same candidates run on the GPU (autocast in bf16, or fp16 where the
 GPU has no bf16; the fast path is what ``--dtype auto --compile auto`` picks there), timings
 wait for the GPU, and the peak-RSS part is skipped (it measures host memory of a CPU job).
+
+``--modes`` instead compares the ways of running the backbone on CPU, one dtype after another
+(``--dtypes``), each against eager in the same dtype, interleaved round by round:
+
+    python benchmarks/encode_throughput.py --modes eager,onednn,inductor-freezing,export
+        [--dtypes fp32,bf16] [--size 518] [--images 4] [--batch-size 4] [--rounds 14]
+        [--cold-setup]
+
+* ``eager``, ``onednn``, ``inductor-freezing``: :class:`InferenceEngine` with ``compile`` off,
+  ``onednn`` and ``inductor`` (``torch.compile`` with ``freezing=True``);
+* ``inductor``: ``torch.compile(dynamic=False)`` without freezing;
+* ``inductor-max-autotune``: as ``inductor-freezing``, plus ``max_autotune`` (inductor times
+  its C++ GEMM templates against the oneDNN kernels and keeps the faster);
+* ``export``: ``torch.export`` + AOTInductor (``aoti_compile_and_package``, frozen weights).
+
+For each: set-up seconds (first call: trace/compile; then calls 2 and 3, which TorchScript
+spends profiling); img/s (median and best) and the ratio to eager (median over rounds of the
+ratio within a round, also over the quiet rounds alone, in which other processes used less than
+10% of the CPUs by /proc/stat); the largest |difference| of CLS and patch tokens from fp32
+eager (also divided by the largest |fp32 token|). Set-up is timed in the one
+process, so a mode may reuse kernels an earlier one compiled; ``--cold-setup`` times each mode
+alone in a fresh process with an empty inductor cache, as a first ``raddino encode`` on a
+machine runs.
 """
 
 from __future__ import annotations
@@ -51,14 +74,16 @@ from PIL import Image
 
 from raddino.features.encode import SHARD_BYTES, EncodeOptions, build_engine, encode_to_store
 from raddino.models.encoder import RadDino
+from raddino.models.fast import BackboneTuple, InferenceEngine
 from raddino.models.modes import (
     choose_compile,
     choose_dtype,
     configure_cpu_threads,
+    cpp_compiler_available,
     probe_hardware,
-    short_name,
 )
 from raddino.models.vit import ViTConfig
+from raddino.precision import parse_dtype, short_name
 
 RSS_COUNTS = (100, 1000)
 # The default RSS run: a small ViT (ViT-Ti width, 1 block) at 518 px, so 1,000 images encode in
@@ -163,6 +188,22 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def cpu_ticks() -> tuple[int, int, int]:
+    """(busy ticks of all CPUs, all ticks, this process's ticks), from /proc."""
+    with open("/proc/stat", encoding="utf-8") as handle:
+        values = [int(v) for v in handle.readline().split()[1:9]]
+    with open("/proc/self/stat", encoding="utf-8") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    own = int(fields[11]) + int(fields[12])  # utime + stime of all threads
+    return sum(values) - values[3] - values[4], sum(values), own
+
+
+def others_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
+    """Fraction of all CPUs' time that other processes used between two :func:`cpu_ticks`."""
+    busy, total, own = (b - a for a, b in zip(before, after, strict=True))
+    return max(busy - own, 0) / max(total, 1)
+
+
 # --------------------------------------------------------------------------- peak RSS (child)
 
 
@@ -175,7 +216,7 @@ def rss_child(args: argparse.Namespace) -> None:
     options = EncodeOptions(
         batch_size=args.batch_size,
         num_workers=args.workers,
-        dtype=short_name(choose_dtype("auto", hardware).value),
+        dtype=choose_dtype(None, hardware).value,
         compile=args.rss_compile,
         patch_tokens="full",
         progress=False,
@@ -252,6 +293,237 @@ def measure_rss(args: argparse.Namespace, tmp: Path, rad_dino_dir: Path) -> None
     )
 
 
+# --------------------------------------------------------------------------- compile modes
+
+Tokens = tuple[torch.Tensor, ...]  # (cls, registers, patches), as BackboneTuple returns them
+COMPILE_MODES = (
+    "eager", "onednn", "inductor", "inductor-freezing", "inductor-max-autotune", "export",
+)  # fmt: skip
+ENGINE_COMPILE = {"eager": "off", "onednn": "onednn", "inductor-freezing": "inductor"}
+QUIET = 0.1  # a measurement is quiet if other processes used less of the CPUs than this
+
+
+def engine_runner(backbone: torch.nn.Module, dtype: torch.dtype, compile: str):
+    """``images -> (cls, registers, patches)`` through :class:`InferenceEngine`, and a check
+    that it did not fall back to eager."""
+    engine = InferenceEngine(backbone, dtype=dtype, compile=compile)
+
+    def run(images: torch.Tensor) -> Tokens:
+        out = engine(images)
+        return out.cls, out.registers, out.patches
+
+    def failure() -> str | None:
+        return engine.compile_error
+
+    return run, failure
+
+
+def compiled_runner(backbone: torch.nn.Module, dtype: torch.dtype, options: dict):
+    """``torch.compile`` of the backbone with inductor ``options`` (no engine around it)."""
+    module = BackboneTuple(backbone.to(dtype=dtype).eval(), ())
+    compiled = torch.compile(module, dynamic=False, options=options)
+
+    @torch.inference_mode()
+    def run(images: torch.Tensor) -> Tokens:
+        return compiled(images)
+
+    return run, lambda: None
+
+
+def exported_runner(backbone: torch.nn.Module, dtype: torch.dtype, folder: Path):
+    """``torch.export`` + AOTInductor, compiled at the first call (for its input shape)."""
+    module = BackboneTuple(backbone.to(dtype=dtype).eval(), ())
+    loaded = {}
+
+    def run(images: torch.Tensor) -> Tokens:
+        if "model" not in loaded:
+            with torch.no_grad():
+                program = torch.export.export(module, (images.clone(),))
+                package = torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(folder / f"vit_{short_name(dtype)}.pt2"),
+                    inductor_configs={"freezing": True},
+                )
+            loaded["model"] = torch._inductor.aoti_load_package(package)
+        with torch.inference_mode():
+            return tuple(loaded["model"](images))
+
+    return run, lambda: None
+
+
+def build_mode(name: str, model_dir: Path, dtype: torch.dtype, folder: Path):
+    backbone = RadDino.from_pretrained(model_dir).backbone
+    if name in ENGINE_COMPILE:
+        return engine_runner(backbone, dtype, ENGINE_COMPILE[name])
+    if name == "inductor":
+        return compiled_runner(backbone, dtype, {})
+    if name == "inductor-max-autotune":
+        return compiled_runner(backbone, dtype, {"freezing": True, "max_autotune": True})
+    return exported_runner(backbone, dtype, folder)
+
+
+def token_errors(tokens: Tokens, reference: Tokens) -> dict[str, float]:
+    """Largest |difference| of CLS and patch tokens from the reference, absolute and divided
+    by the largest |reference token|."""
+    errors = {}
+    for key, index in (("cls", 0), ("patches", 2)):
+        ours, theirs = tokens[index].float(), reference[index].float()
+        errors[key] = (ours - theirs).abs().max().item()
+        errors[key + "_rel"] = errors[key] / theirs.abs().max().item()
+    return errors
+
+
+def set_up_mode(
+    name: str, model_dir: Path, dtype: torch.dtype, inputs: torch.Tensor, folder: Path
+) -> tuple[Callable[[torch.Tensor], Tokens], list[float], Tokens] | None:
+    """Build ``name`` and make its first three calls; None (and a line) if it failed."""
+    run, failure = build_mode(name, model_dir, dtype, folder)
+    seconds = []
+    try:
+        for _ in range(3):  # TorchScript: traced, profiled, then fused
+            start = time.perf_counter()
+            tokens = run(inputs)
+            seconds.append(time.perf_counter() - start)
+    except Exception as error:  # report it and go on with the other modes
+        print(f"  {name} {short_name(dtype)}: failed: {type(error).__name__}: {error}")
+        return None
+    if failure():
+        print(f"  {name} {short_name(dtype)}: fell back to eager: {failure()}")
+        return None
+    return run, seconds, tokens
+
+
+def cold_set_ups(args: argparse.Namespace, names: list[str]) -> None:
+    """Each mode's set-up in a fresh process with an empty inductor cache, one after another:
+    what the first ``raddino encode`` on a machine pays."""
+    print(f"\nset-up, each mode in a fresh process (batch {args.batch_size}, {args.size} px):")
+    for dtype_name in args.dtypes.split(","):
+        for name in names:
+            command = [
+                sys.executable, __file__, "--modes", name, "--dtypes", dtype_name, "--rounds",
+                "0", "--size", str(args.size), "--batch-size", str(args.batch_size),
+            ]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            lines = done.stdout.strip().splitlines()
+            if done.returncode != 0 or not lines or not lines[-1].startswith("{"):
+                print(f"  {name} {dtype_name}: no result:\n{done.stdout[-1000:]}")
+                print(done.stderr[-2000:])
+                continue
+            result = json.loads(lines[-1])
+            first, later = result["seconds"][0], sum(result["seconds"][1:])
+            print(
+                f"  {name:22s} {dtype_name}: first call {first:6.1f} s, calls 2-3 {later:5.1f} s",
+                flush=True,
+            )
+
+
+def compare_modes(args: argparse.Namespace) -> None:
+    """Each of ``--modes`` in each of ``--dtypes``: set-up time, img/s vs eager, agreement.
+
+    ``--rounds 0``: set-up only, one JSON line per mode (what :func:`cold_set_ups` reads).
+    """
+    from transformers import Dinov2Config, Dinov2Model
+
+    from raddino.models.formats import RAD_DINO_HF_CONFIG
+
+    names = args.modes.split(",")
+    unknown = set(names) - set(COMPILE_MODES)
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}; choose from {COMPILE_MODES}")
+    if args.rounds > 0 and "eager" not in names:
+        names.insert(0, "eager")
+    if args.cold_setup:
+        cold_set_ups(args, names)
+        return
+    dtypes = [parse_dtype(name) for name in args.dtypes.split(",")]
+    threads = configure_cpu_threads()
+    hardware = probe_hardware("cpu")
+    print(
+        f"torch {torch.__version__}, {hardware.name}, native bf16: {hardware.bf16}, "
+        f"C++ compiler: {cpp_compiler_available()}, {threads} threads; load {load_average()}"
+    )
+    print(
+        f"ViT-B/14 (random weights) at {args.size} px, {args.images} images per measurement, "
+        f"batch {args.batch_size}, median of {args.rounds} interleaved rounds; set-up in this "
+        "process (later modes reuse compiled kernels and imports of earlier ones)"
+    )
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")  # start with no cache
+        Dinov2Model(Dinov2Config(**RAD_DINO_HF_CONFIG)).save_pretrained(tmp / "model")
+        model = RadDino.from_pretrained(tmp / "model")
+        pixels = model.preprocess(random_radiographs(max(args.images, args.batch_size), 518))
+        if args.size != 518:
+            pixels = F.interpolate(pixels, size=(args.size, args.size), mode="bilinear")
+        first = pixels[: args.batch_size]
+        with torch.inference_mode():
+            out = model.encode(first)
+            reference = (out.cls, out.registers, out.patches)  # fp32 eager
+        del model
+
+        for dtype in dtypes:
+            runners, setups, errors = {}, {}, {}
+            for name in names:
+                built = set_up_mode(name, tmp / "model", dtype, first.to(dtype), tmp)
+                if built is None:
+                    continue
+                runners[name], setups[name], tokens = built
+                errors[name] = token_errors(tokens, reference)
+                seconds = setups[name]
+                if args.rounds == 0:
+                    print(json.dumps({"mode": name, "seconds": seconds, **errors[name]}))
+                    continue
+                print(
+                    f"  {name} {short_name(dtype)}: set-up {seconds[0]:.1f} s, then "
+                    f"{seconds[1]:.1f} s, {seconds[2]:.1f} s",
+                    flush=True,
+                )
+            if args.rounds == 0:
+                continue
+
+            rates: dict[str, list[float]] = {name: [] for name in runners}
+            others: dict[str, list[float]] = {name: [] for name in runners}
+            batched = pixels[: args.images].to(dtype)
+            order = list(runners)
+            for round_index in range(args.rounds):
+                for name in order:
+                    before = cpu_ticks()
+                    rates[name].append(images_per_second(runners[name], batched, args.batch_size))
+                    others[name].append(others_share(before, cpu_ticks()))
+                order = order[1:] + order[:1]  # no mode always runs after the same one
+                print(
+                    f"  round {round_index + 1}: "
+                    + ", ".join(
+                        f"{name} {rates[name][-1]:.3f} ({others[name][-1]:.0%})" for name in rates
+                    )
+                    + " img/s (other processes' share of the CPUs)",
+                    flush=True,
+                )
+            print(
+                f"\n{short_name(dtype)}: img/s (median, best), vs eager {short_name(dtype)} "
+                f"(median of the rounds' ratios; of the quiet rounds, where other processes "
+                f"used < {QUIET:.0%} of the CPUs in both measurements, and their count), first "
+                "call s, calls 2-3 s, max |diff| from fp32 eager CLS / patches (and / max |fp32 "
+                "token|)"
+            )
+            for name, values in rates.items():
+                pairs = list(
+                    zip(values, rates["eager"], others[name], others["eager"], strict=True)
+                )
+                ratio = statistics.median(v / base for v, base, _, _ in pairs)
+                quiet = [v / base for v, base, a, b in pairs if max(a, b) < QUIET]
+                quiet_ratio = f"{statistics.median(quiet):5.2f}x" if quiet else "    -"
+                e = errors[name]
+                print(
+                    f"  {name:22s} {statistics.median(values):6.3f} {max(values):6.3f} "
+                    f"{ratio:5.2f}x {quiet_ratio} {len(quiet):2d} {setups[name][0]:6.1f} "
+                    f"{sum(setups[name][1:]):6.1f}   {e['cls']:.1e} / {e['patches']:.1e} "
+                    f"({e['cls_rel']:.1e} / {e['patches_rel']:.1e})"
+                )
+            print(flush=True)
+
+
 # --------------------------------------------------------------------------- main run
 
 
@@ -267,6 +539,12 @@ def main() -> None:
     parser.add_argument("--skip-rss", action="store_true", help="no peak-RSS measurement")
     parser.add_argument("--only-rss", action="store_true", help="only the peak-RSS measurement")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--modes", help=f"compare compile modes on CPU: {','.join(COMPILE_MODES)}")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="with --modes")
+    parser.add_argument("--size", type=int, default=518, help="image size, with --modes")
+    parser.add_argument(
+        "--cold-setup", action="store_true", help="with --modes: set-up only, fresh processes"
+    )
     parser.add_argument("--rss-count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rss-model", help=argparse.SUPPRESS)
     parser.add_argument("--rss-images", help=argparse.SUPPRESS)
@@ -275,6 +553,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.rss_count is not None:
         rss_child(args)
+        return
+    if args.modes:
+        compare_modes(args)
         return
 
     from transformers import Dinov2Config, Dinov2Model
@@ -286,7 +567,7 @@ def main() -> None:
         parser.error("--device cuda: no CUDA GPU is visible to torch")
     threads = configure_cpu_threads()
     hardware = probe_hardware(device)
-    fast_dtype = choose_dtype("auto", hardware)
+    fast_dtype = choose_dtype(None, hardware)
     fast_compile = choose_compile("auto", hardware, fast_dtype.value, 10_000)
     autocast_dtype = torch.bfloat16 if device.type == "cpu" or hardware.bf16 else torch.float16
     low = short_name(autocast_dtype)
@@ -322,7 +603,7 @@ def main() -> None:
             batch_size=args.batch_size,
             num_workers=args.workers,
             device=str(device),
-            dtype=short_name(fast_dtype.value),
+            dtype=fast_dtype.value,
             compile=str(fast_compile.value),
             progress=False,
         )

@@ -283,3 +283,32 @@ def test_a_graph_onednn_did_not_fuse_falls_back_to_eager(
         output = engine(inputs)
     assert engine.mode == "bf16 eager"
     check_tolerance(output, fp32_reference, BF16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, BF16_FUSED])
+def test_the_auto_cpu_path_agrees_with_eager_within_the_documented_tolerance(
+    small_hf_dir: Path, pixels: torch.Tensor, dtype: torch.dtype
+):
+    choice = choose_compile("auto", modes.probe_hardware("cpu"), dtype, COMPILE_MIN_IMAGES)
+    backbone = RadDino.from_pretrained(small_hf_dir).backbone
+    engine = InferenceEngine(backbone, dtype=dtype, compile=str(choice.value))
+    inputs = pixels.to(dtype)
+    for _ in range(3):  # oneDNN Graph fuses from the third call
+        fast = engine(inputs)
+    assert engine.compiled == (choice.value != "off"), engine.compile_error
+    eager = InferenceEngine(RadDino.from_pretrained(small_hf_dir).backbone, dtype=dtype)(inputs)
+    for key, tolerance in TOLERANCES[dtype].items():
+        ours, theirs = getattr(fast, key).float(), getattr(eager, key).float()
+        worst = F.cosine_similarity(ours, theirs, dim=-1).min().item()
+        assert worst >= tolerance, (key, worst)
+
+
+def test_onednn_is_not_offered_on_python_3_14_and_a_request_runs_eagerly(
+    small_hf_dir: Path, pixels: torch.Tensor, monkeypatch
+):
+    monkeypatch.setattr(modes.sys, "version_info", (3, 14, 0))
+    assert not modes.onednn_graph_available()
+    engine = InferenceEngine(RadDino.from_pretrained(small_hf_dir).backbone, compile="onednn")
+    with pytest.warns(RuntimeWarning, match=r"no oneDNN Graph fuser .*continuing eagerly"):
+        engine(pixels)
+    assert engine.mode == "fp32 eager"

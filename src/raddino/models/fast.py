@@ -6,8 +6,11 @@ chosen dtype and one of three ways (``compile``):
 - ``off``: eager PyTorch (SDPA attention, in-place activations).
 - ``onednn``: the model traced with ``torch.jit.trace`` (attention as explicit matmuls) and frozen,
   then fused by oneDNN Graph (``torch.jit.enable_onednn_fusion``): fused attention, linears
-  with their bias/GELU, LayerNorms. The fastest CPU mode measured (docs/encoding.md). TorchScript
-  is specialised per input shape and fuses from the third call with a shape on.
+  with their bias/GELU, LayerNorms. The fastest CPU mode measured, ahead of ``torch.compile``
+  and ``torch.export`` + AOTInductor (docs/encoding.md, "CPU fast path"), though TorchScript
+  is deprecated upstream; where the fuser is missing (or on Python 3.14+, which TorchScript
+  does not support) the engine runs eagerly. It is specialised per input shape and fuses from
+  the third call with a shape on.
 - ``inductor``: ``torch.compile`` with frozen weights (CPU needs a C++ compiler, CUDA Triton).
 
 Compiled modes run a fixed batch: a partial (last) batch is padded to the first batch's size.
@@ -26,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from raddino.models.modes import short_name
+from raddino.models.modes import onednn_graph_available, short_name
 from raddino.models.vit import BackboneOutput, VisionTransformer
 
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
@@ -34,7 +37,8 @@ BACKEND_NAMES = {"off": "eager", "onednn": "oneDNN Graph", "inductor": "inductor
 
 
 class BackboneTuple(nn.Module):
-    """The backbone as a function of images only, returning a tuple of tensors (traceable)."""
+    """The backbone as a function of images only, returning ``(cls, registers, patches, *layer
+    tokens)``: what tracing, ``torch.compile`` and ``torch.export`` take."""
 
     def __init__(self, backbone: VisionTransformer, layers: Sequence[int]) -> None:
         super().__init__()
@@ -152,10 +156,14 @@ class InferenceEngine:
 
     def _trace_for_onednn(self, images: torch.Tensor) -> Runner:
         """Trace with explicit-matmul attention (the pattern oneDNN Graph fuses), freeze."""
+        if not onednn_graph_available():
+            raise RuntimeError("no oneDNN Graph fuser (this torch build, or Python 3.14+)")
         torch.jit.enable_onednn_fusion(True)  # process-wide; only TorchScript graphs see it
         attentions = [block.attn for block in self.backbone.blocks]
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings
+            # trace and freeze warn (FutureWarning) that TorchScript is deprecated; the choice of
+            # this path is documented, and the tracer's own warnings are about this trace
+            warnings.simplefilter("ignore")
             for attention in attentions:
                 attention.impl = "matmul"
             try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,9 @@ COMPILE_CHOICES = ("auto", "off", "onednn", "inductor")
 
 # ``--compile auto`` uses oneDNN Graph on CPU for jobs from this many images on: tracing and the
 # first (unfused, profiling) calls cost about 10-20 s on a 2-core EPYC, and the fused model
-# saves 0.2-0.5 s per ViT-B/14 image there (docs/encoding.md).
+# saves 0.2-0.5 s per ViT-B/14 image there (bf16 break-even near 40 images). On a 2-core Xeon
+# with AMX they cost 7 s more than eager and save 0.05 s per image (break-even near 140), so a
+# 64-image job there is at most about 4 s slower (docs/encoding.md, "CPU fast path").
 COMPILE_MIN_IMAGES = 64
 
 # Documented agreement with fp32: worst cosine similarity of CLS embeddings and of patch tokens
@@ -48,7 +51,7 @@ class Hardware:
     """What the precision and compile decisions depend on.
 
     bf16 / fp16: the device multiplies matrices natively in that format (not emulated).
-    onednn_graph: this torch build can fuse TorchScript graphs with oneDNN Graph (CPU).
+    onednn_graph: TorchScript graphs can be fused with oneDNN Graph here (CPU; torch and Python).
     compiler: what ``torch.compile``'s inductor needs (a C++ compiler on CPU, Triton on CUDA).
     """
 
@@ -67,7 +70,13 @@ def cpp_compiler_available() -> bool:
 
 
 def onednn_graph_available() -> bool:
-    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
+    """TorchScript's oneDNN Graph fuser is in this torch build, on a Python TorchScript supports
+    (torch warns that ``torch.jit.trace`` is unsupported and may break from Python 3.14 on)."""
+    return (
+        sys.version_info < (3, 14)
+        and hasattr(torch.jit, "enable_onednn_fusion")
+        and torch.backends.mkldnn.is_available()
+    )
 
 
 def triton_available() -> bool:
@@ -138,9 +147,10 @@ def choose_compile(
     """How to compile: ``value`` is ``"off"``, ``"onednn"`` or ``"inductor"``.
 
     auto: ``onednn`` on CPU in fp32 or bf16 for jobs of :data:`COMPILE_MIN_IMAGES` images or
-    more; off otherwise, and on GPUs (where decoding rather than the model limits
-    ``raddino encode``; ``inductor`` is there to try). ``num_images`` is the whole job's size,
-    so a resumed run picks the mode of the first run.
+    more; off otherwise, also where the fuser is missing (``inductor`` measured within 5% of
+    eager on CPU, so it is no better fallback), and on GPUs (where decoding rather than the
+    model limits ``raddino encode``; ``inductor`` is there to try). ``num_images`` is the whole
+    job's size, so a resumed run picks the mode of the first run.
     """
     if requested not in COMPILE_CHOICES:
         raise ValueError(f"compile {requested!r}: choose {', '.join(COMPILE_CHOICES)}")
@@ -151,7 +161,7 @@ def choose_compile(
     if hardware.device_type != "cpu":
         return Choice("off", f"auto: not used on {hardware.device_type}")
     if not hardware.onednn_graph:
-        return Choice("off", "auto: this torch build has no oneDNN Graph fuser")
+        return Choice("off", "auto: no oneDNN Graph fuser (this torch build, or Python 3.14+)")
     if dtype == torch.float16:
         return Choice("off", "auto: oneDNN Graph is used for fp32 and bf16 only")
     if num_images < COMPILE_MIN_IMAGES:
