@@ -74,8 +74,8 @@ from PIL import Image
 
 from raddino.features.encode import SHARD_BYTES, EncodeOptions, build_engine, encode_to_store
 from raddino.models.encoder import RadDino
-from raddino.models.fast import BackboneTuple, InferenceEngine
-from raddino.models.modes import (
+from raddino.models.engine import BackboneTuple, InferenceEngine
+from raddino.models.hardware import (
     choose_compile,
     choose_dtype,
     configure_cpu_threads,

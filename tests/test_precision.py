@@ -104,7 +104,7 @@ def test_a_dtype_raddino_does_not_compute_in_is_refused():
 
 def test_encoding_and_evaluation_default_to_float32_and_auto_follows_the_policy(native_bf16):
     from raddino.features.encode import EncodeOptions
-    from raddino.models.modes import Hardware, choose_dtype
+    from raddino.models.hardware import Hardware, choose_dtype
 
     native_bf16(True)
     assert EncodeOptions().dtype == torch.float32

@@ -9,7 +9,7 @@ when present, else the CPU.
 
 :func:`has_native_bf16` says whether a device multiplies bfloat16 matrices in hardware; the
 precision policy (:mod:`raddino.precision`) and the inference-mode decisions
-(:mod:`raddino.models.modes`) read it from here.
+(:mod:`raddino.models.hardware`) read it from here.
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_bf16_features_are_within_tolerance_of_the_fp32_run(
     image_folder: Path, small_hf_dir: Path, tmp_path: Path
 ):
-    from raddino.models.modes import TOLERANCES
+    from raddino.models.hardware import TOLERANCES
 
     stores = {}
     for dtype in ("fp32", "bf16"):
@@ -221,7 +221,7 @@ def test_bf16_features_are_within_tolerance_of_the_fp32_run(
 def test_auto_mode_prints_what_it_chose_and_why(
     image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
 ):
-    from raddino.models.modes import choose_dtype, probe_hardware
+    from raddino.models.hardware import choose_dtype, probe_hardware
     from raddino.precision import short_name
 
     out = tmp_path / "store"
@@ -268,7 +268,7 @@ def test_a_failing_compiler_does_not_stop_the_encode(
 def test_onednn_mode_encodes_within_tolerance(
     image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
 ):
-    from raddino.models.modes import TOLERANCES
+    from raddino.models.hardware import TOLERANCES
 
     out = tmp_path / "store"
     assert main(["encode", str(image_folder), "--model", str(small_hf_dir), "--out", str(out),

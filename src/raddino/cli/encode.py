@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from raddino.devices import check_device
     from raddino.features.encode import EncodeOptions, encode_to_store
     from raddino.models.encoder import RadDino
-    from raddino.models.modes import choose_dtype, probe_hardware
+    from raddino.models.hardware import choose_dtype, probe_hardware
     from raddino.precision import short_name
 
     device = check_device(args.device)

@@ -1,7 +1,7 @@
 """Encode many images into a features store: decode in workers, batch, run the model, write shards.
 
 Worker processes decode and resize while the model runs (pinned host memory on GPU); the model
-runs through :class:`raddino.models.fast.InferenceEngine` (precision, optional compilation)
+runs through :class:`raddino.models.engine.InferenceEngine` (precision, optional compilation)
 and each shard goes to disk as soon as it is full, so memory stays flat however many images.
 
 Resumable: paths already in the store (encoded or rejected) are skipped, so re-running the same
@@ -27,8 +27,8 @@ from raddino.data.preprocess import PreprocessConfig, load_crop, model_input
 from raddino.devices import check_device
 from raddino.features.store import FeatureStoreWriter, StoreSummary
 from raddino.models.encoder import RadDino
-from raddino.models.fast import InferenceEngine
-from raddino.models.modes import (
+from raddino.models.engine import InferenceEngine
+from raddino.models.hardware import (
     COMPILE_CHOICES,
     choose_compile,
     configure_cpu_threads,
@@ -51,7 +51,7 @@ class EncodeOptions:
     into one here (:func:`raddino.devices.check_device`).
     dtype: the model's precision; None = auto (:func:`raddino.precision.resolve_dtype`). Float32
     unless asked, so that feature caches and probe numbers are the same on every machine.
-    compile: off, onednn, inductor or auto (:func:`raddino.models.modes.choose_compile`); a
+    compile: off, onednn, inductor or auto (:func:`raddino.models.hardware.choose_compile`); a
     failed compile falls back to eager with a warning.
     """
 

@@ -138,7 +138,7 @@ class Attention(nn.Module):
 
     ``impl = "matmul"`` computes ``softmax(q k^T / sqrt(d)) v`` with explicit matmuls instead,
     the pattern oneDNN Graph fuses when the model is traced for CPU inference
-    (:mod:`raddino.models.fast`). The default ``"sdpa"`` uses the fused kernel, except for
+    (:mod:`raddino.models.engine`). The default ``"sdpa"`` uses the fused kernel, except for
     CPU training in reduced precision (:func:`prefers_matmul_attention`).
     """
 

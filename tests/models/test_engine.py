@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raddino.models import modes
+from raddino.models import hardware as hw
 from raddino.models.encoder import RadDino
-from raddino.models.fast import InferenceEngine
-from raddino.models.modes import (
+from raddino.models.engine import InferenceEngine
+from raddino.models.hardware import (
     COMPILE_MIN_IMAGES,
     TOLERANCES,
     Choice,
@@ -72,10 +72,10 @@ def test_requested_compile_is_honoured_where_it_can_run():
 
 
 def test_probe_of_this_machine_is_consistent():
-    hardware = modes.probe_hardware("cpu")
-    assert hardware.device_type == "cpu" and hardware.name
-    expected = torch.bfloat16 if hardware.bf16 else torch.float32
-    assert choose_dtype(None, hardware).value == expected
+    probed = hw.probe_hardware("cpu")
+    assert probed.device_type == "cpu" and probed.name
+    expected = torch.bfloat16 if probed.bf16 else torch.float32
+    assert choose_dtype(None, probed).value == expected
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -204,7 +204,7 @@ def test_onednn_mode_fuses_stays_within_tolerance_and_pads_the_last_batch(
     inputs = pixels.to(dtype)
     for _ in range(3):  # TorchScript profiles the first calls, then fuses
         full = engine(inputs)
-    assert engine.mode == f"{modes.short_name(dtype)} oneDNN Graph", engine.compile_error
+    assert engine.mode == f"{hw.short_name(dtype)} oneDNN Graph", engine.compile_error
     assert "compiled (oneDNN Graph) for input [2, 3, 518, 518]" in events[0]
     assert "oneDNN Graph fused" in events[1] and engine.compile_seconds is not None
     check_tolerance(full, fp32_reference, dtype)
@@ -212,7 +212,7 @@ def test_onednn_mode_fuses_stays_within_tolerance_and_pads_the_last_batch(
     assert all(block.attn.impl == "sdpa" for block in engine.backbone.blocks)
 
 
-@pytest.mark.skipif(not modes.cpp_compiler_available(), reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(not hw.cpp_compiler_available(), reason="inductor needs a C++ compiler")
 def test_inductor_mode_stays_within_tolerance_and_pads_the_last_batch(
     small_hf_dir: Path, pixels: torch.Tensor, fp32_reference
 ):
@@ -289,7 +289,7 @@ def test_a_graph_onednn_did_not_fuse_falls_back_to_eager(
 def test_the_auto_cpu_path_agrees_with_eager_within_the_documented_tolerance(
     small_hf_dir: Path, pixels: torch.Tensor, dtype: torch.dtype
 ):
-    choice = choose_compile("auto", modes.probe_hardware("cpu"), dtype, COMPILE_MIN_IMAGES)
+    choice = choose_compile("auto", hw.probe_hardware("cpu"), dtype, COMPILE_MIN_IMAGES)
     backbone = RadDino.from_pretrained(small_hf_dir).backbone
     engine = InferenceEngine(backbone, dtype=dtype, compile=str(choice.value))
     inputs = pixels.to(dtype)
@@ -306,8 +306,8 @@ def test_the_auto_cpu_path_agrees_with_eager_within_the_documented_tolerance(
 def test_onednn_is_not_offered_on_python_3_14_and_a_request_runs_eagerly(
     small_hf_dir: Path, pixels: torch.Tensor, monkeypatch
 ):
-    monkeypatch.setattr(modes.sys, "version_info", (3, 14, 0))
-    assert not modes.onednn_graph_available()
+    monkeypatch.setattr(hw.sys, "version_info", (3, 14, 0))
+    assert not hw.onednn_graph_available()
     engine = InferenceEngine(RadDino.from_pretrained(small_hf_dir).backbone, compile="onednn")
     with pytest.warns(RuntimeWarning, match=r"no oneDNN Graph fuser .*continuing eagerly"):
         engine(pixels)

@@ -35,7 +35,7 @@ COMPILE_CHOICES = ("auto", "off", "onednn", "inductor")
 COMPILE_MIN_IMAGES = 64
 
 # Documented agreement with fp32: worst cosine similarity of CLS embeddings and of patch tokens
-# (tests/models/test_fast.py checks them; docs/encoding.md has the measured values).
+# (tests/models/test_engine.py checks them; docs/encoding.md has the measured values).
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float32: {"cls": 0.99999, "patches": 0.99999},
     torch.bfloat16: {"cls": 0.999, "patches": 0.995},

@@ -17,7 +17,7 @@ Compiled modes run a fixed batch: a partial (last) batch is padded to the first 
 If tracing, compiling or a compiled call fails, or oneDNN Graph fuses nothing, the engine warns
 and continues eagerly: encoding never stops because of a compiler.
 
-Deciding which mode to use: :mod:`raddino.models.modes`.
+Deciding which mode to use: :mod:`raddino.models.hardware`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from raddino.models.modes import onednn_graph_available, short_name
+from raddino.models.hardware import onednn_graph_available, short_name
 from raddino.models.vit import BackboneOutput, VisionTransformer
 
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
