@@ -34,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from raddino.eval.encoders import EncoderSpec
     from raddino.eval.segment_manifest import segment_manifest
+    from raddino.eval.tables import format_estimate
 
     spec = EncoderSpec.parse(args.model, image_size=args.image_size, seed=args.seed)
     report = segment_manifest(
@@ -46,11 +47,8 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
     )
     for structure, metrics in report.metrics.items():
-        dice, iou = metrics["dice"], metrics["iou"]
-        print(
-            f"{structure}: Dice {dice.value:.3f} [{dice.low:.3f}, {dice.high:.3f}], "
-            f"IoU {iou.value:.3f} [{iou.low:.3f}, {iou.high:.3f}]"
-        )
+        dice, iou = format_estimate(metrics["dice"]), format_estimate(metrics["iou"])
+        print(f"{structure}: Dice {dice}, IoU {iou}")
     out = Path(args.out)
     print(f"segmentation report: {out / 'segment.md'} (also segment.json, overlays/)")
     return 0

@@ -20,7 +20,6 @@ side was 518, min-max scaled to [0, 255], and stored as PNG files." Here:
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import functools
 import hashlib
@@ -38,7 +37,7 @@ import numpy as np
 
 from raddino.atomic import csv_bytes, write_bytes_atomic, write_csv_atomic
 from raddino.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, to_uint8
-from raddino.data.manifest import ManifestError, read_manifest, resolve_manifest_path
+from raddino.data.manifest import ManifestError, read_manifest_table, resolve_manifest_path
 from raddino.output_lock import OutputLock, is_lock_file
 
 __all__ = [
@@ -266,8 +265,7 @@ def prepare_manifest(
     options = options or PrepareOptions()
     manifest = Path(manifest).expanduser()
     out_dir = Path(out_dir).expanduser()
-    header = _manifest_header(manifest)
-    rows = read_manifest(manifest)
+    header, rows = read_manifest_table(manifest)
     sources = list(dict.fromkeys(os.path.normpath(os.path.abspath(r["path"])) for r in rows))
     outputs = output_names(sources, manifest.parent.absolute())
 
@@ -347,14 +345,6 @@ def _png_name(relative: str) -> str:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return path.with_suffix(".png").as_posix()
     return f"{relative}.png"
-
-
-def _manifest_header(manifest: Path) -> list[str]:
-    try:
-        with manifest.open(newline="", encoding="utf-8-sig") as handle:
-            return next(csv.reader(handle), [])
-    except OSError as error:
-        raise ManifestError(f"{manifest}: cannot read manifest ({error})") from error
 
 
 def _check_settings(out_dir: Path, options: PrepareOptions) -> None:
