@@ -17,8 +17,8 @@ HELP = (
     "evaluation against random weights and raw pixels, report"
 )
 EPILOG = """examples:
-  raddino demo --out demo/            # the full demo (timings: docs/demo.md); re-run to resume
-  raddino demo --out demo/ --quick    # a smoke run in about a minute
+  raddino demo --out demo/            # the full demo (timings: README.md); re-run to resume
+  raddino demo --out demo/ --quick    # a smoke run of every stage at toy sizes
   raddino demo --out demo/ --steps 600 optim.base_lr=1e-3 --no-reports
   raddino demo --out demo/ --ablation --no-language   # image-only with and without iBOT
 """

@@ -1,8 +1,8 @@
 """What the demo does: its options, the work sizes of a full and a ``--quick`` run, its paths.
 
 ``--quick`` shrinks everything (48 images of 64 px, a 2-block ViT, 3 steps, a tiny language
-model) so that the whole pipeline runs in well under a minute: the CI test and a smoke check.
-Its numbers mean nothing.
+model) so that every stage runs in seconds: the CI test and a smoke check. Its numbers mean
+nothing.
 """
 
 from __future__ import annotations
