@@ -70,3 +70,27 @@ def test_a_bad_dtype_is_an_argparse_error_naming_it(capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "argument --dtype: dtype 'int8': choose auto, fp32 (float32)" in err
+
+
+def test_pretrain_without_a_config_says_its_defaults_are_gpu_scale(tmp_path: Path, capsys):
+    from raddino.cli.main import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pretrain", "--data", str(empty), "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "no --config: the defaults train a ViT (small)" in err and "--config tiny_cpu" in err
+
+
+def test_pretrain_takes_a_preset_by_name_from_any_directory(tmp_path: Path, monkeypatch, capsys):
+    from raddino.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["pretrain", "--config", "tiny_cpu", "--data", str(empty), "--out", "run"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "no --config" not in err and "no such config file" not in err
+    assert main(["pretrain", "--config", "tiny_gpu", "--data", str(empty), "--out", "run"]) == 2
+    assert "--config tiny_gpu: no such config file" in capsys.readouterr().err

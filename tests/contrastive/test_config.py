@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from raddino.contrastive.config import ContrastiveConfig
-from raddino.ssl.config import ConfigError, PretrainConfig, load_config
+from raddino.ssl.config import PRESETS_DIR, ConfigError, PretrainConfig, load_config
 
-CONFIGS = Path(__file__).parents[2] / "configs"
+CONFIGS = PRESETS_DIR
 
 
 def test_configs_without_a_recipe_are_the_image_only_recipe_and_write_no_recipe_key():

@@ -242,7 +242,7 @@ def test_figures_are_listed_as_skipped_without_the_viz_package(
         (["--images", "5"], "--images 5"),
         (["--config", "no-such.yaml"], "--config no-such.yaml"),
         (["--language-config", "no-such.yaml"], "--language-config no-such.yaml"),
-        (["--language-config", "configs/tiny_cpu.yaml"], "expected a preset with recipe"),
+        (["--language-config", "tiny_cpu"], "expected a preset with recipe"),
         (["--device", "tpu"], "--device 'tpu'"),
         (["model.depth=oops"], "model.depth"),
         (["no.such_key=1"], "unknown config key"),

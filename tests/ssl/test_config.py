@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from raddino.ssl.config import ConfigError, load_config
+from raddino.ssl.config import PRESETS_DIR, ConfigError, load_config
 
-CONFIGS = Path(__file__).parents[2] / "configs"
+CONFIGS = PRESETS_DIR
 
 
 @pytest.mark.parametrize("preset", ["tiny_cpu.yaml", "vitb14_cxr.yaml"])
@@ -74,3 +72,25 @@ def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively(
             assert training_precision(fixed, cpu) == dtype
     with pytest.raises(ConfigError, match=r"train\.precision"):
         load_config(None, ["train.precision=fp8"])
+
+
+def test_presets_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    from raddino.ssl.config import preset_names, resolve_config_path
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert {"tiny_cpu", "clip_tiny_cpu", "vitb14_cxr", "clip_vitb14_cxr"} <= set(preset_names())
+    assert resolve_config_path("tiny_cpu") == resolve_config_path("tiny_cpu.yaml")
+    assert load_config("tiny_cpu").to_dict() == load_config(PRESETS_DIR / "tiny_cpu.yaml").to_dict()
+    assert load_config("clip_tiny_cpu").recipe == "contrastive"
+
+
+def test_a_file_beats_a_preset_name_and_an_unknown_name_lists_the_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny_cpu").write_text("train:\n  steps: 3\n")
+    assert load_config("tiny_cpu").train.steps == 3
+    with pytest.raises(
+        ConfigError, match=r"--config tiny_gpu: no such config file .*presets: .*tiny_cpu"
+    ):
+        load_config("tiny_gpu")
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config("sub/tiny_cpu.yaml")

@@ -63,14 +63,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config",
         default=None,
-        help="image-only pre-training preset (default: configs/tiny_cpu.yaml of the raddino "
-        "repository)",
+        help="image-only pre-training preset: a YAML file or an installed preset's name "
+        "(default: tiny_cpu)",
     )
     parser.add_argument(
         "--language-config",
         default=None,
-        help="language-supervised preset (default: configs/clip_tiny_cpu.yaml of the raddino "
-        "repository)",
+        help="language-supervised preset: a YAML file or an installed preset's name "
+        "(default: clip_tiny_cpu)",
     )
     parser.add_argument(
         "--no-language", action="store_true", help="skip the language-supervised encoder"
@@ -110,6 +110,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         DemoOptions,
         default_config_path,
     )
+    from raddino.ssl.config import resolve_config_path
 
     sizes = QUICK if args.quick else FULL
     bad = [o for o in args.overrides if "=" not in o or o.startswith("-")]
@@ -118,13 +119,13 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     language = None
     if not args.no_language:
         language = (
-            Path(args.language_config)
+            resolve_config_path(args.language_config, "--language-config")
             if args.language_config
-            else default_config_path(LANGUAGE_PRESET, "--language-config")
+            else default_config_path(LANGUAGE_PRESET)
         )
     return DemoOptions(
         out=Path(args.out),
-        config=Path(args.config) if args.config else default_config_path(),
+        config=resolve_config_path(args.config) if args.config else default_config_path(),
         language_config=language,
         images=sizes.images if args.images is None else args.images,
         size=sizes.size if args.size is None else args.size,

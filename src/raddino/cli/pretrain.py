@@ -12,12 +12,12 @@ HELP = (
     "recipe: contrastive, on image-report pairs"
 )
 EPILOG = """examples:
-  raddino pretrain --config configs/tiny_cpu.yaml --data images/ --out runs/tiny
-  raddino pretrain --config configs/tiny_cpu.yaml train.steps=500 optim.base_lr=2e-3 \\
+  raddino pretrain --config tiny_cpu --data images/ --out runs/tiny
+  raddino pretrain --config tiny_cpu train.steps=500 optim.base_lr=2e-3 \\
       --data manifest.csv --out runs/tiny --resume
-  torchrun --nproc-per-node 4 -m raddino pretrain --config configs/vitb14_cxr.yaml \\
+  torchrun --nproc-per-node 4 -m raddino pretrain --config vitb14_cxr \\
       --data manifest.csv --out runs/vitb14
-  raddino pretrain --config configs/clip_tiny_cpu.yaml --data cohort/manifest.csv --out runs/clip
+  raddino pretrain --config clip_tiny_cpu --data cohort/manifest.csv --out runs/clip
 """
 
 
@@ -30,7 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--config", help="YAML preset (see configs/); defaults apply without one")
+    parser.add_argument(
+        "--config",
+        help="a YAML file, or the name of a preset installed with raddino: tiny_cpu and "
+        "clip_tiny_cpu (minutes on a CPU), vitb14_cxr and clip_vitb14_cxr (GPU scale); without "
+        "one, the defaults (a small ViT at GPU scale)",
+    )
     parser.add_argument(
         "--data",
         required=True,
@@ -50,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from raddino.ssl.trainer import pretrain
 
     config = load_config(args.config, args.overrides)
+    if args.config is None and not args.overrides and os.environ.get("RANK", "0") == "0":
+        print(
+            f"raddino pretrain: no --config: the defaults train a ViT ({config.model.arch}) for "
+            f"{config.train.steps} steps of batch {config.train.batch_size}; on a CPU use "
+            "--config tiny_cpu",
+            file=sys.stderr,
+        )
     train = pretrain
     if config.recipe == "contrastive":
         from raddino.contrastive.trainer import pretrain_contrastive

@@ -38,7 +38,7 @@ from raddino.ssl.config import (
 @dataclass
 class TextSection:
     """The report side. Defaults are BERT-base sized (BiomedCLIP's PubMedBERT: 768 wide, 12
-    layers, context 256); ``configs/clip_tiny_cpu.yaml`` sets a small one."""
+    layers, context 256); ``presets/clip_tiny_cpu.yaml`` sets a small one."""
 
     vocab_size: int = 30522  # byte-pair merges stop here; a small corpus may give fewer tokens
     max_length: int = 256  # tokens per report with [CLS] and [SEP]; longer reports are cut

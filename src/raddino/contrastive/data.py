@@ -9,7 +9,7 @@ together with its report.
 
 The view is one random resized crop at ``crops.global_size`` covering ``crops.global_scale`` of
 the image, followed by the flip, rotation and photometric changes the ``crops`` section asks for
-(:meth:`raddino.ssl.augment.MultiCrop.view`); ``configs/clip_tiny_cpu.yaml`` turns all of those
+(:meth:`raddino.ssl.augment.MultiCrop.view`); ``presets/clip_tiny_cpu.yaml`` turns all of those
 off, as ``tiny_cpu`` does. Like the image-only recipe, this one reads every row it is given: to
 keep validation and test images out of both, give both the same training-split manifest.
 """

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import raddino
 from raddino.data.synth import FINDINGS
+from raddino.ssl.config import PRESETS_DIR
 
 DEFAULT_PRESET = "tiny_cpu.yaml"
 LANGUAGE_PRESET = "clip_tiny_cpu.yaml"
@@ -122,23 +122,9 @@ QUICK = Sizes(
 )
 
 
-def default_config_path(preset: str = DEFAULT_PRESET, option: str = "--config") -> Path:
-    """``configs/PRESET`` of the repository this package was installed from (an editable
-    install), else of the current directory; FileNotFoundError naming ``option``."""
-    package = Path(raddino.__file__).resolve().parent  # <repo>/src/raddino
-    candidates = [
-        package.parents[1] / "configs" / preset,
-        Path.cwd() / "configs" / preset,
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
-    raise FileNotFoundError(
-        f"{option}: the default preset {preset} was not found (looked at {looked}); "
-        f"pass {option} PATH to a pre-training preset, e.g. configs/{preset} of the "
-        "raddino repository"
-    )
+def default_config_path(preset: str = DEFAULT_PRESET) -> Path:
+    """The installed preset the demo trains with (``raddino/presets/PRESET``)."""
+    return PRESETS_DIR / preset
 
 
 @dataclass(frozen=True)

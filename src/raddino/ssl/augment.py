@@ -7,7 +7,7 @@ Why these choices (DINOv2 was designed for colour photographs):
   intensities mean tissue density; inverting bright/dark (solarisation) makes no anatomy.
 * Mild brightness, contrast and gamma changes: exposure and detector response vary by scanner.
 * Occasional Gaussian blur and additive noise: detector sharpness and quantum noise vary.
-  These two kinds are off in ``configs/tiny_cpu.yaml``: the synthetic cohort already varies
+  These two kinds are off in ``presets/tiny_cpu.yaml``: the synthetic cohort already varies
   exposure, blur, window and gamma between patients, and findings are differences of density,
   which the extra invariance taught the encoder to ignore
   (``docs/experiments/2026-11-cpu-preset-rounds.md``).

@@ -366,14 +366,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+"""The presets installed with the package (``tiny_cpu``, ``clip_tiny_cpu``, ``vitb14_cxr``, ...)."""
+
+
+def preset_names() -> list[str]:
+    """Names ``--config`` accepts without a path."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(text: str | Path, option: str = "--config") -> Path:
+    """A ``--config`` value as a file: an existing path, else an installed preset's name
+    (``tiny_cpu`` or ``tiny_cpu.yaml``); ConfigError naming ``option`` and the presets
+    otherwise."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml")
+    if path.parent == Path(".") and (PRESETS_DIR / f"{name}.yaml").is_file():
+        return PRESETS_DIR / f"{name}.yaml"
+    raise ConfigError(
+        f"{option} {text}: no such config file and no preset of that name "
+        f"(presets: {', '.join(preset_names())})"
+    )
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] = ()
 ) -> PretrainConfig | ContrastiveConfig:
-    """YAML preset (optional) plus ``key=value`` overrides -> validated config of the recipe
-    the preset (or a ``recipe=`` override) names: :class:`PretrainConfig` by default."""
+    """YAML preset (optional: a file or an installed preset's name) plus ``key=value``
+    overrides -> validated config of the recipe the preset (or a ``recipe=`` override) names:
+    :class:`PretrainConfig` by default."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as error:

@@ -1,0 +1,32 @@
+"""Package hygiene: licence, citation and version agree; presets ship with the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import raddino
+from raddino.ssl.config import PRESETS_DIR
+
+ROOT = Path(__file__).parents[1]
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+
+def test_licence_citation_and_version_agree_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == project["license"]
+    assert citation["version"] == project["version"] == raddino.__version__
+    paper = citation["preferred-citation"]
+    assert paper["year"] == 2025 and paper["authors"][0]["family-names"] == "Pérez-García"
+
+
+def test_presets_are_package_data():
+    package = Path(raddino.__file__).parent
+    assert package / "presets" == PRESETS_DIR
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "presets/*.yaml" in project["tool"]["setuptools"]["package-data"]["raddino"]
+    assert {p.name for p in PRESETS_DIR.glob("*.yaml")} >= {"tiny_cpu.yaml", "clip_tiny_cpu.yaml"}
