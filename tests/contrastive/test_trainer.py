@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from raddino.ssl.config import load_config
 from raddino.ssl.metrics import read_metrics
 from raddino.ssl.run import RunExistsError, TrainingDivergedError
 from tests.contrastive.conftest import CLIP_TINY_OVERRIDES, write_manifest
+from tests.faults.interrupt import kill_and_rerun, kill_points, run_to_end
 from tests.ssl.test_trainer import free_port, subprocess_env
 
 LOGGED = ("loss", "image_to_text_top1", "text_to_image_top1", "logit_scale")
@@ -143,26 +142,18 @@ def losses_by_step(run_dir: Path) -> dict[int, tuple[float, ...]]:
 
 
 def test_resume_after_kill_gives_the_same_losses(pair_manifest: Path, tmp_path: Path):
+    """Killed once at a seeded point after step 7 (``tests/faults/interrupt.py``), resumed."""
     extra = ("train.steps=14", "train.checkpoint_every=3", "train.num_workers=1")
-    reference = tmp_path / "reference"
-    subprocess.run(cli_command(pair_manifest, reference, *extra), env=subprocess_env(),
-                   check=True, capture_output=True)  # fmt: skip
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    run_to_end(cli_command(pair_manifest, reference, *extra), tmp_path / "reference.log")
 
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(cli_command(pair_manifest, killed, *extra), env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        steps = [row["step"] for row in read_metrics(killed)]
-        if steps and steps[-1] >= 7:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list_checkpoints(killed)[-1][0] < 14
-    subprocess.run([*cli_command(pair_manifest, killed, *extra), "--resume"],
-                   env=subprocess_env(), check=True, capture_output=True)  # fmt: skip
+    def logged(_: float) -> int:
+        return len(read_metrics(killed))
+
+    command = cli_command(pair_manifest, killed, *extra)
+    points = kill_points(0, range(8, 12), 1, logged, "steps")
+    kill_and_rerun(command, points, tmp_path / "logs", rerun=[*command, "--resume"])
+    assert list_checkpoints(killed)[-1][0] == 14
     assert losses_by_step(killed) == losses_by_step(reference)
     assert sorted(losses_by_step(killed)) == list(range(14))
 

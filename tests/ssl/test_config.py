@@ -77,7 +77,7 @@ def test_precision_auto_is_bf16_exactly_where_the_device_computes_it_natively(
 def test_presets_load_by_name_from_any_directory(tmp_path, monkeypatch):
     from raddino.ssl.config import preset_names, resolve_config_path
 
-    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    monkeypatch.chdir(tmp_path)  # nothing here but the test
     assert {"tiny_cpu", "clip_tiny_cpu", "vitb14_cxr", "clip_vitb14_cxr"} <= set(preset_names())
     assert resolve_config_path("tiny_cpu") == resolve_config_path("tiny_cpu.yaml")
     assert load_config("tiny_cpu").to_dict() == load_config(PRESETS_DIR / "tiny_cpu.yaml").to_dict()
