@@ -30,3 +30,17 @@ def test_presets_are_package_data():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "presets/*.yaml" in project["tool"]["setuptools"]["package-data"]["raddino"]
     assert {p.name for p in PRESETS_DIR.glob("*.yaml")} >= {"tiny_cpu.yaml", "clip_tiny_cpu.yaml"}
+
+
+def test_changelog_opens_with_unreleased_or_the_current_version():
+    """CONTRIBUTING.md's release steps: the newest section is the work since the last release,
+    or the release being made; no section names a version newer than the package's."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    sections = [line[3:].strip() for line in text.splitlines() if line.startswith("## ")]
+    assert sections and sections[0].split()[0] in ("Unreleased", raddino.__version__)
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split("."))
+
+    released = [s.split()[0] for s in sections if s[0].isdigit()]
+    assert all(version(v) <= version(raddino.__version__) for v in released)
