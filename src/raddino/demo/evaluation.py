@@ -23,10 +23,11 @@ FEATURES = "cls+mean"
 
 
 def usable_targets(
-    paths: DemoPaths, seed: int
+    paths: DemoPaths, seed: int, candidates: Sequence[tuple[str, str | None]] | None = None
 ) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
-    """Findings and metadata that can be probed (both classes, or several values, in every
-    split), and the reason each other one is left out."""
+    """Findings and metadata (or the ``candidates``: (column, kind) pairs) that can be probed
+    (both classes, or several values, in every split), and the reason each other one is left
+    out."""
     from raddino.data.manifest import read_manifest
     from raddino.eval.probe import check_targets
     from raddino.eval.splits import make_splits
@@ -36,7 +37,9 @@ def usable_targets(
     source = str(paths.manifest)
     splits = make_splits(rows, seed=seed, source=source)
     usable, dropped = [], {}
-    for name, kind in [*((f, "binary") for f in FINDINGS), *METADATA_TARGETS]:
+    if candidates is None:
+        candidates = [*((f, "binary") for f in FINDINGS), *METADATA_TARGETS]
+    for name, kind in candidates:
         try:
             check_targets([read_target(rows, name, kind, source)], splits)
         except ValueError as error:

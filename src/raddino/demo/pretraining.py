@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,19 +22,24 @@ LOGGED = (
 )  # fmt: skip
 
 
-def write_train_list(paths: DemoPaths) -> Path:
-    """``OUT/runs/train_images.csv``: the cohort's train-split images (paths relative to it)
-    with their reports, so that neither recipe ever sees a validation or test image."""
+def write_train_list(
+    paths: DemoPaths,
+    out: Path | None = None,
+    select: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None,
+) -> Path:
+    """``OUT/runs/train_images.csv`` (or ``out``): the cohort's train-split images (paths
+    relative to the list) with their reports, so that neither recipe ever sees a validation or
+    test image. ``select`` picks some of the train-split rows (a study's data-scale arms)."""
     from raddino.data.manifest import read_manifest
 
-    rows = [
-        (os.path.relpath(row["path"], paths.runs), row.get("report", ""))
-        for row in read_manifest(paths.manifest)
-        if row.get("split") == "train"
-    ]
+    out = paths.train_list if out is None else out
+    train = [row for row in read_manifest(paths.manifest) if row.get("split") == "train"]
+    if select is not None:
+        train = select(train)
+    rows = [(os.path.relpath(row["path"], out.parent), row.get("report", "")) for row in train]
     if not rows:
         raise ValueError(f"{paths.manifest}: no train-split images to pre-train on")
-    return write_csv_atomic(paths.train_list, ["path", "report"], rows)
+    return write_csv_atomic(out, ["path", "report"], rows)
 
 
 def pretrain_run(
@@ -42,9 +48,11 @@ def pretrain_run(
     name: str,
     resuming: bool,
     progress: bool,
+    train_list: Path | None = None,
 ) -> dict:
-    """Train ``OUT/runs/<name>``; an interrupted run of the same inputs (``resuming``)
-    continues from its newest checkpoint, any other leftover is deleted first."""
+    """Train ``OUT/runs/<name>`` on ``train_list`` (default: :func:`write_train_list`'s whole
+    train split); an interrupted run of the same inputs (``resuming``) continues from its newest
+    checkpoint, any other leftover is deleted first."""
     from raddino.ssl import distributed
     from raddino.ssl.metrics import read_metrics
     from raddino.ssl.trainer import pretrain
@@ -55,7 +63,7 @@ def pretrain_run(
     run_dir = paths.run(name)
     if not resuming and run_dir.exists():
         shutil.rmtree(run_dir)  # a run of other settings (or other images)
-    images = write_train_list(paths)
+    images = write_train_list(paths) if train_list is None else train_list
     try:
         summary = pretrain(config, [str(images)], run_dir, resume=True, progress=progress)
     finally:
