@@ -55,18 +55,27 @@ def encode_patches(
     return tokens
 
 
-def save_figure_atomic(figure: Figure, out: Path, dpi: int = 150) -> Path:
-    """Render a matplotlib ``Figure`` in the format named by ``out``'s suffix, atomically."""
-    out = Path(out)
-    kind = out.suffix.lower().lstrip(".")
+FIGURE_DPI = 150
+
+
+def figure_bytes(figure: Figure, kind: str, dpi: int = FIGURE_DPI) -> bytes:
+    """A matplotlib ``Figure`` rendered as a file of format ``kind`` (png, pdf, svg...)."""
     supported = figure.canvas.get_supported_filetypes()
     if kind not in supported:
-        raise ValueError(
-            f"{out}: unsupported figure format {kind!r}; use one of {sorted(supported)}"
-        )
+        raise ValueError(f"unsupported figure format {kind!r}; use one of {sorted(supported)}")
     buffer = BytesIO()
     figure.savefig(buffer, format=kind, dpi=dpi)
-    return write_bytes_atomic(out, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure_atomic(figure: Figure, out: Path, dpi: int = FIGURE_DPI) -> Path:
+    """Render a matplotlib ``Figure`` in the format named by ``out``'s suffix, atomically."""
+    out = Path(out)
+    try:
+        data = figure_bytes(figure, out.suffix.lower().lstrip("."), dpi)
+    except ValueError as error:
+        raise ValueError(f"{out}: {error}") from None
+    return write_bytes_atomic(out, data)
 
 
 def save_png_atomic(image: np.ndarray, out: Path) -> Path:
