@@ -73,10 +73,12 @@ def command_lines(tmp: Path) -> dict[str, list[str]]:
         "probe": ["probe", "--model", model, "--targets", "effusion", *evaluation],
         "segment": ["segment", "--model", model, "--masks", "heart", *evaluation],
         "compare": ["compare", "--models", model, model, "--targets", "effusion", *evaluation],
-        "report": ["report", "generate", "--run", str(tmp / "run"), *evaluation],
+        "report": ["report", "generate", "--model", str(tmp / "run"), *evaluation],
         "similarity": ["similarity", "--model", model, "--point", "1,2", "--out", out, *pair],
         "pca": ["pca", "--model", model, "--out", out, image],
         "demo": ["demo", "--out", out],
+        "study": ["study", "quick", "--out", out],
+        "view": ["view", str(tmp / "store")],
     }
 
 
@@ -103,7 +105,19 @@ def test_the_commands_tested_below_are_every_command_that_takes_a_device(tmp_pat
 
 @pytest.mark.parametrize("value", ["mps", "foo", "cuda:99"])
 @pytest.mark.parametrize(
-    "command", ["encode", "probe", "segment", "compare", "report", "similarity", "pca", "demo"]
+    "command",
+    [
+        "encode",
+        "probe",
+        "segment",
+        "compare",
+        "report",
+        "similarity",
+        "pca",
+        "demo",
+        "study",
+        "view",
+    ],
 )
 def test_every_command_refuses_an_unavailable_device_in_one_line(command, value, tmp_path, capsys):
     assert main([*command_lines(tmp_path)[command], "--device", value]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -109,14 +110,80 @@ def test_nothing_encodable_gives_nonzero_exit(small_hf_dir: Path, tmp_path: Path
 def test_resuming_with_another_model_is_refused(
     image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
 ):
+    from raddino.features.identity import weights_sha256
     from tests.conftest import SMALL_HF_CONFIG, make_hf_model
 
-    other = make_hf_model(tmp_path / "other", seed=1, **dict(SMALL_HF_CONFIG, hidden_size=32))
+    other = make_hf_model(tmp_path / "other", seed=1, **SMALL_HF_CONFIG)  # same shapes
     out = tmp_path / "store"
-    args = [str(image_folder / "img0.png"), "--out", str(out), "--workers", "0", "--no-progress"]
+    args = [str(image_folder / "img0.png"), "--out", str(out), "--workers", "0", "--no-progress",
+            "--dtype", "fp32"]  # fmt: skip
     assert main(["encode", *args, "--model", str(small_hf_dir)]) == 0
+    capsys.readouterr()
     assert main(["encode", *args, "--model", str(other)]) == 2
-    assert "model" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "holds features of another model" in err
+    for model in (small_hf_dir, other):
+        digest = weights_sha256(RadDino.from_pretrained(model))[:12]
+        assert f"'{model}' (sha256 {digest})" in err
+
+
+def test_the_same_weights_resume_a_store_from_a_relative_or_absolute_path(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, monkeypatch
+):
+    out = tmp_path / "store"
+    args = ["--out", str(out), "--workers", "0", "--no-progress", "--dtype", "fp32"]
+    images = [str(image_folder / f"img{i}.png") for i in range(3)]
+    assert main(["encode", *images[:1], "--model", str(small_hf_dir.resolve()), *args]) == 0
+    monkeypatch.chdir(small_hf_dir.parent)
+    assert main(["encode", *images[:2], "--model", small_hf_dir.name, *args]) == 0
+    monkeypatch.chdir(image_folder)
+    relative = os.path.relpath(small_hf_dir, image_folder)  # ../../small_hf0 or so
+    assert main(["encode", *images, "--model", relative, *args]) == 0
+    features = load_features(out)
+    assert features.paths == images
+    assert features.meta["model_path"] == str(small_hf_dir.resolve())  # as first written
+    expected = RadDino.from_pretrained(small_hf_dir).extract_cls_token(images)
+    assert np.allclose(features.cls, expected.numpy(), atol=1e-5)
+
+
+def test_the_same_weights_in_the_official_format_resume_the_store(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path
+):
+    official = tmp_path / "weights.safetensors"
+    assert main(["export", "--model", str(small_hf_dir), "--out", str(official),
+                 "--format", "dinov2"]) == 0  # fmt: skip
+    out = tmp_path / "store"
+    args = ["--out", str(out), "--workers", "0", "--no-progress", "--dtype", "fp32"]
+    assert (
+        main(["encode", str(image_folder / "img0.png"), "--model", str(small_hf_dir), *args]) == 0
+    )
+    assert main(["encode", str(image_folder), "--model", str(official), *args]) == 0
+    assert len(load_features(out).paths) == 5
+
+
+def test_a_store_written_before_the_weights_hash_loads_and_resumes_from_its_path(
+    image_folder: Path, small_hf_dir: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "store"
+    args = ["--out", str(out), "--workers", "0", "--no-progress", "--dtype", "fp32"]
+    assert (
+        main(["encode", str(image_folder / "img0.png"), "--model", str(small_hf_dir), *args]) == 0
+    )
+    meta = json.loads((out / "meta.json").read_text())  # as raddino wrote it before the hash
+    del meta["model_sha256"]
+    meta = {"model": meta.pop("model_path"), **meta}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    assert load_features(out).meta["model"] == str(small_hf_dir)
+    capsys.readouterr()
+
+    other_spelling = str(small_hf_dir) + "/"
+    assert main(["encode", str(image_folder), "--model", other_spelling, *args]) == 2
+    err = capsys.readouterr().err
+    assert f"by its path {str(small_hf_dir)!r}" in err and "exactly" in err
+    assert main(["encode", str(image_folder), "--model", str(small_hf_dir), *args]) == 0
+    features = load_features(out)
+    assert len(features.paths) == 5 and features.meta == {"format": "raddino-features",
+                                                          "version": 1, **meta}  # fmt: skip
 
 
 def test_bad_model_path_is_a_clear_error(image_folder: Path, tmp_path: Path, capsys):

@@ -53,9 +53,9 @@ def test_evaluation_encodes_in_float32_unless_asked(command):
 def test_encode_and_report_training_default_to_auto():
     parser = build_parser()
     assert parser.parse_args(["encode", "a.png", "--model", "m", "--out", "o"]).dtype is None
-    train = ["report", "train", "--encoder", "e", "--lm", "l", "--manifest", "m", "--out", "o"]
-    assert parser.parse_args(train).precision is None
-    assert parser.parse_args([*train, "--precision", "float32"]).precision == torch.float32
+    train = ["report", "train", "--model", "e", "--lm", "l", "--manifest", "m", "--out", "o"]
+    assert parser.parse_args(train).dtype is None
+    assert parser.parse_args([*train, "--dtype", "float32"]).dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", sorted(DTYPES))

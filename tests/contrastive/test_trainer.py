@@ -106,7 +106,7 @@ def test_the_image_tower_starts_from_the_image_only_recipes_initial_weights(
 
 
 def test_existing_run_needs_resume(clip_run: Path, pair_manifest: Path):
-    with pytest.raises(RunExistsError, match="--resume"):
+    with pytest.raises(RunExistsError, match="resume it or choose another"):
         pretrain_contrastive(clip_config(), [str(pair_manifest)], clip_run, progress=False)
 
 
@@ -152,7 +152,7 @@ def test_resume_after_kill_gives_the_same_losses(pair_manifest: Path, tmp_path: 
 
     command = cli_command(pair_manifest, killed, *extra)
     points = kill_points(0, range(8, 12), 1, logged, "steps")
-    kill_and_rerun(command, points, tmp_path / "logs", rerun=[*command, "--resume"])
+    kill_and_rerun(command, points, tmp_path / "logs", rerun=command)
     assert list_checkpoints(killed)[-1][0] == 14
     assert losses_by_step(killed) == losses_by_step(reference)
     assert sorted(losses_by_step(killed)) == list(range(14))

@@ -1,4 +1,4 @@
-"""Damaged checkpoints: ``--resume`` falls back to the newest good one, naming each bad file in a
+"""Damaged checkpoints: resuming falls back to the newest good one, naming each bad file in a
 one-line warning, and the run still ends equal to an uninterrupted run."""
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_cli_resume_with_no_readable_checkpoint_is_one_clear_error(
     for _, path in list_checkpoints(run):
         empty(path)
     code = main(["pretrain", *RUN_OVERRIDES, "--data", str(pretrain_images),
-                 "--out", str(run), "--resume", "--no-progress"])  # fmt: skip
+                 "--out", str(run), "--no-progress"])  # fmt: skip
     assert code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("raddino pretrain: error:") and "no checkpoint can be read" in error

@@ -115,7 +115,7 @@ def check_pretrain_resumes(images: Path, tmp_path: Path, seed: int, kills: int) 
         seed, range(2, steps - 2), kills, lambda _: logged_step(killed) + 1, "steps"
     )
     command = pretrain_command(images, killed, steps)
-    kill_and_rerun(command, points, tmp_path / "logs", rerun=[*command, "--resume"])
+    kill_and_rerun(command, points, tmp_path / "logs", rerun=command)
 
     assert without_timings(read_metrics(killed)) == without_timings(read_metrics(reference))
     assert [row["step"] for row in read_metrics(killed)] == list(range(steps))

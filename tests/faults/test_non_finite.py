@@ -174,7 +174,7 @@ def test_a_nan_batch_stops_the_run_and_its_last_checkpoint_resumes_to_the_uninte
     )
     assert [row["step"] for row in read_metrics(run)] == [0, 1, 2]  # step 3 was never logged
 
-    assert main([*args, "--resume"]) == 0
+    assert main(args) == 0
     assert without_timings(read_metrics(run)) == without_timings(read_metrics(uninterrupted_run))
     final = [load_checkpoint(list_checkpoints(r)[-1][1]) for r in (run, uninterrupted_run)]
     assert_same_state(final[0], final[1])
@@ -189,7 +189,7 @@ def test_a_nan_in_the_first_steps_leaves_no_checkpoint_and_the_run_starts_again(
         pretrain(run_config(), [str(pretrain_images)], run, progress=False)
     monkeypatch.undo()
     assert list_checkpoints(run) == [] and read_metrics(run) == []
-    pretrain(run_config(), [str(pretrain_images)], run, progress=False)  # no --resume needed
+    pretrain(run_config(), [str(pretrain_images)], run, progress=False)
     assert without_timings(read_metrics(run)) == without_timings(read_metrics(uninterrupted_run))
     shutil.rmtree(run)
 

@@ -385,3 +385,127 @@ def test_a_closed_writer_takes_no_more_rows_and_a_missing_index_says_unfinished(
         w.add(["a"], make_arrays(1, seed=10))
     with pytest.raises(FileNotFoundError, match="not finished"):
         load_features(tmp_path / "s")
+
+
+def test_info_keys_are_written_but_not_compared(tmp_path):
+    meta = {**META, "model_path": "../rad-dino"}
+    with FeatureStoreWriter(tmp_path / "s", meta, info_keys=("model_path",)):
+        pass
+    again = FeatureStoreWriter(
+        tmp_path / "s", {**META, "model_path": "/abs/rad-dino"}, info_keys=("model_path",)
+    )
+    again.close()
+    stored = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert stored["model_path"] == "../rad-dino"  # as first written
+    with pytest.raises(StoreMismatchError) as info:
+        FeatureStoreWriter(tmp_path / "s", {**META, "model_path": "x", "dtype": "bfloat16"})
+    assert info.value.differing == ("dtype", "model_path")  # compared: not an info key here
+    assert info.value.stored == {**META, "model_path": "../rad-dino"}
+
+
+def write_pieces(out: Path, paths: list[str], arrays: dict[str, np.ndarray]) -> list[Path]:
+    """Stores of three processes under ``out``, each with part of ``paths`` (a reject each)."""
+    pieces = [(0, 9), (9, 17), (17, 23)]
+    stores = []
+    for rank, (start, stop) in enumerate(pieces):
+        store = out / "ranks" / f"rank-{rank:05d}"
+        with FeatureStoreWriter(store, META, shard_size=5) as w:
+            w.add(paths[start : stop - 1], take(arrays, slice(start, stop - 1)))
+            w.add_reject(paths[stop - 1], f"bad {rank}")
+        stores.append(store)
+    return stores
+
+
+def expected_after_pieces(tmp_path: Path, paths: list[str], arrays: dict[str, np.ndarray]):
+    keep = [i for i in range(len(paths)) if i not in (8, 16, 22)]
+    with FeatureStoreWriter(tmp_path / "one", META, shard_size=5) as w:
+        w.add([paths[i] for i in keep], take(arrays, np.array(keep)))
+        for rank, i in enumerate((8, 16, 22)):
+            w.add_reject(paths[i], f"bad {rank}")
+        w.finalize(paths)
+    return load_features(tmp_path / "one")
+
+
+def test_absorbed_stores_give_the_store_one_writer_writes(tmp_path, data):
+    paths, arrays = data
+    out = tmp_path / "store"
+    FeatureStoreWriter(out, META).close()
+    stores = write_pieces(out, paths, arrays)
+    with FeatureStoreWriter(out, META, shard_size=5) as w:
+        moved = w.absorb(reversed(stores), paths)  # shards still in the order of their paths
+        assert moved == 2 + 2 + 1  # 8, 7 and 5 rows in shards of 5
+        summary = w.finalize(paths)
+    assert summary == StoreSummary(encoded=20, rejected=3, missing=0)
+    assert_features_equal(load_features(out), expected_after_pieces(tmp_path, paths, arrays))
+    with open(out / "index.csv", newline="") as f:
+        shards = [row["shard"] for row in csv.DictReader(f)]
+    assert shards == sorted(shards)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "index.csv", "meta.json", "ranks", "rejects.csv", "rejects.jsonl", "shards"
+    ]  # fmt: skip
+    assert list((out / "ranks").iterdir()) == []  # its caller removes the folder
+
+
+def test_an_absorb_killed_midway_loses_nothing_and_the_next_one_finishes(
+    tmp_path, data, monkeypatch
+):
+    paths, arrays = data
+    out = tmp_path / "store"
+    FeatureStoreWriter(out, META).close()
+    stores = write_pieces(out, paths, arrays)
+    renames = []
+
+    def rename_then_die(source, target):
+        if len(renames) == 3:
+            raise KeyboardInterrupt  # killed after three shards moved
+        renames.append(target)
+        os.replace(source, target)
+
+    monkeypatch.setattr("raddino.features.store.os.rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt), FeatureStoreWriter(out, META, shard_size=5) as w:
+        w.absorb(stores, paths)
+    monkeypatch.undo()
+    assert all((store / "meta.json").exists() for store in stores)  # nothing deleted yet
+    with FeatureStoreWriter(out, META, shard_size=5) as w:
+        assert w.absorb(stores, paths) == 5 - 3
+        w.finalize(paths)
+    assert_features_equal(load_features(out), expected_after_pieces(tmp_path, paths, arrays))
+    assert not any(store.exists() for store in stores)
+
+
+def test_a_store_still_being_written_is_not_absorbed(tmp_path, data):
+    paths, arrays = data
+    out = tmp_path / "store"
+    FeatureStoreWriter(out, META).close()
+    stores = write_pieces(out, paths, arrays)
+    with OutputLock(stores[1]), FeatureStoreWriter(out, META) as w:
+        with pytest.raises(OutputInUseError):
+            w.absorb(stores, paths)
+        assert w.done == set()
+    assert all((store / "meta.json").exists() for store in stores)
+
+
+def test_a_store_of_other_settings_is_not_absorbed(tmp_path, data):
+    paths, arrays = data
+    other = tmp_path / "other"
+    with FeatureStoreWriter(other, {**META, "dtype": "bfloat16"}) as w:
+        w.add(paths[:2], take(arrays, slice(0, 2)))
+    with (
+        FeatureStoreWriter(tmp_path / "store", META) as w,
+        pytest.raises(StoreMismatchError, match="dtype: store has 'bfloat16'"),
+    ):
+        w.absorb([other], paths)
+    shards = sorted((other / "shards").iterdir())
+    assert [json.loads((s / "paths.json").read_text()) for s in shards] == [paths[:2]]
+
+
+def test_mismatch_errors_travel_to_other_processes_with_their_details():
+    import pickle
+
+    error = StoreMismatchError("differs", stored={"dtype": "float32"}, differing=("dtype",))
+    again = pickle.loads(pickle.dumps(error))
+    assert (str(again), again.stored, again.differing) == (
+        "differs",
+        {"dtype": "float32"},
+        ("dtype",),
+    )

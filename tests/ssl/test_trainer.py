@@ -74,8 +74,29 @@ def test_teacher_is_the_ema_of_the_student(pretrain_images: Path, tmp_path: Path
 
 
 def test_existing_run_needs_resume(tiny_run: Path, pretrain_images: Path):
-    with pytest.raises(RunExistsError, match="--resume"):
+    with pytest.raises(RunExistsError, match="resume it or choose another output directory"):
         pretrain(tiny_config("train.steps=9"), [str(pretrain_images)], tiny_run, progress=False)
+
+
+def test_a_run_is_continued_only_with_its_own_settings(
+    tiny_run: Path, pretrain_images: Path, tmp_path: Path
+):
+    """Resuming is the default of ``raddino pretrain``: another learning rate or precision must
+    not be mixed into a run silently; more steps, logging and workers may change."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".raddino.lock"))
+    for changed in (["optim.base_lr=0.5"], ["train.precision=bf16"], ["loss.ibot_weight=0"]):
+        config = tiny_config("train.steps=9", "train.tensorboard=true", *changed)
+        key = changed[0].split("=")[0]
+        with pytest.raises(ValueError, match=rf"other settings \({key} .*config.yaml"):
+            pretrain(config, [str(pretrain_images)], run, resume=True, progress=False)
+    # a precision spelled another way is the same precision
+    same = tiny_config("train.steps=9", "train.tensorboard=false", "train.log_every=2",
+                       "train.precision=float32", "train.num_workers=0")  # fmt: skip
+    summary = pretrain(same, [str(pretrain_images)], run, resume=True, progress=False)
+    assert (summary.start_step, summary.end_step) == (8, 9)
 
 
 def test_a_run_of_the_other_recipe_is_refused_on_resume(
@@ -169,7 +190,7 @@ def test_resume_after_kill_gives_the_same_losses(pretrain_images: Path, tmp_path
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert list_checkpoints(killed)[-1][0] < 14
-    subprocess.run([*cli_command(pretrain_images, killed, *extra), "--resume"],
+    subprocess.run([*cli_command(pretrain_images, killed, *extra)],
                    env=subprocess_env(), check=True, capture_output=True)  # fmt: skip
     assert losses_by_step(killed) == losses_by_step(reference)
     assert sorted(losses_by_step(killed)) == list(range(14))
@@ -216,7 +237,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
         assert a["koleo"] == pytest.approx(b["koleo"], rel=0.15)
     if strategy == "fsdp":  # redo the last step from the sharded checkpoint of step 2
         (pair / "checkpoints" / "step_0000003.pt").unlink()
-        again = [*torchrun, "--master-port", str(free_port()), *command, "--resume"]
+        again = [*torchrun, "--master-port", str(free_port()), *command]
         result = subprocess.run(again, env=subprocess_env(), capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         assert losses_by_step(pair) == {r["step"]: tuple(r[k] for k in LOSSES) for r in two}

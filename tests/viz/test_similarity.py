@@ -47,6 +47,21 @@ def test_point_maps_through_zero_padding():
     assert point_to_patch((29, 19), (20, 30), config, PATCH) == (2, 3)  # (42.5, 37.5)
 
 
+def test_point_maps_through_an_exact_size_resize_and_a_rounded_crop():
+    """Foreign processors: SigLIP resizes to an exact square (no crop); timm rounds an odd crop
+    margin (torchvision's CenterCrop) where transformers floors it."""
+    siglip = PreprocessConfig(resize_size=(224, 224), crop_height=224, crop_width=224,
+                              do_center_crop=False)  # fmt: skip
+    # 100x400 -> 224x224: u = 399.5 * 224 / 400 = 223.72 -> col 15; v = 0.5 * 224 / 100 = 1.12
+    assert point_to_patch((399, 0), (100, 400), siglip, 14) == (0, 15)
+    # a 31x31 image, crop 28: margin 1.5 starts the crop at 2 (round) or 1 (floor)
+    rounded = PreprocessConfig(shortest_edge=31, crop_height=28, crop_width=28,
+                               crop_rounding="round")  # fmt: skip
+    floored = PreprocessConfig(shortest_edge=31, crop_height=28, crop_width=28)
+    assert point_to_patch((15, 15), (31, 31), rounded, 14) == (0, 0)  # u = 15.5 - 2 = 13.5
+    assert point_to_patch((15, 15), (31, 31), floored, 14) == (1, 1)  # u = 15.5 - 1 = 14.5
+
+
 @pytest.mark.parametrize("point", [(-1, 5), (700, 5), (10, 300), (float("nan"), 3)])
 def test_point_off_the_image_raises(point):
     with pytest.raises(ValueError, match=r"outside the image|not finite"):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import textwrap
 from pathlib import Path
 
 from raddino.cli.options import (
+    add_command,
     add_evaluation_arguments,
     add_probe_arguments,
     add_segment_arguments,
@@ -21,25 +21,24 @@ from raddino.cli.options import (
 PIXEL_SIDE = 16
 
 HELP = "compare encoders (probes and/or segmentation) in one table with confidence intervals"
-EXAMPLE = """example:
+EXAMPLES = """examples:
   raddino compare --models trained=runs/tiny --random-baseline --pixel-baseline 16 \\
       --manifest cohort/manifest.csv --targets effusion sex --masks heart --out eval/compare
 
   columns trained (the reference), random-init(tiny) and pixels 16x16, each with its difference
-  from trained and the paired interval of that difference"""
+  from trained and the paired interval of that difference
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "compare",
         help=HELP,
-        description=textwrap.fill(
-            HELP + ". Every encoder sees the same images, splits and bootstrap resamples; "
-            "differences from the first encoder whose paired interval excludes 0 are marked. "
-            "Writes compare.md, compare.json and one sub-directory per encoder."
-        ),
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP + ". Every encoder sees the same images, splits and bootstrap "
+        "resamples; differences from the first encoder whose paired interval excludes 0 are "
+        "marked. Writes compare.md, compare.json and one sub-directory per encoder.",
+        examples=EXAMPLES,
     )
     parser.add_argument(
         "--models",

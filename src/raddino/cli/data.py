@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from collections.abc import Callable
+
+from raddino.cli.options import add_command, add_progress_argument, add_seed_argument
 
 HELP = "public datasets -> manifests (index) and RAD-DINO's image preparation (preprocess)"
 DATASET_NAMES = (
@@ -27,30 +30,49 @@ def parse_setting(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-class _LazyEpilogParser(argparse.ArgumentParser):
-    """Builds a callable epilog only when help is shown (keeps ``raddino`` start-up light)."""
+class _DetailsParser(argparse.ArgumentParser):
+    """Appends ``details()`` to the epilog only when help is shown (keeps ``raddino`` start-up
+    light)."""
+
+    def __init__(self, *args, details: Callable[[], str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.details = details
 
     def format_help(self) -> str:
-        if callable(self.epilog):
-            self.epilog = self.epilog()
+        if self.details is not None:
+            self.epilog = f"{self.epilog or ''}\n{self.details()}"
+            self.details = None
         return super().format_help()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help=HELP, description=HELP + ".")
+    parser = add_command(
+        subparsers,
+        "data",
+        help=HELP,
+        description=HELP + ".",
+        examples="""examples:
+  raddino data index chexpert --root CheXpert-v1.0/ --out chexpert.csv
+  raddino data preprocess --manifest chexpert.csv --out chexpert-518/
+""",
+    )
     commands = parser.add_subparsers(
-        dest="data_command", required=True, metavar="SUBCOMMAND", parser_class=_LazyEpilogParser
+        dest="data_command", required=True, metavar="SUBCOMMAND", parser_class=_DetailsParser
     )
 
-    index = commands.add_parser(
+    index = add_command(
+        commands,
         "index",
         help="write a manifest CSV for a public dataset",
         description="Read a dataset's official files under --root and write a manifest: path, "
         "split, patient_id, view, age, sex, label columns (1/0/empty = unknown), mask_* and "
         "boxes. Rows whose image is missing are left out and listed in <out>.missing.csv. "
         "See docs/datasets.md for each dataset's layout and label rules.",
-        epilog=_dataset_options,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples="""examples:
+  raddino data index chexpert --root CheXpert-v1.0/ --out chexpert.csv --uncertain one
+  raddino data index mimic-cxr --root mimic-cxr-jpg/ --out mimic.csv --frontal-only
+""",
+        details=_dataset_options,
     )
     index.add_argument("dataset", metavar="DATASET", help=", ".join(DATASET_NAMES))
     index.add_argument("--root", required=True, help="the dataset's folder as downloaded")
@@ -84,7 +106,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0.1,
         help="patients put in test where the dataset has no test split (default: 0.1)",
     )
-    index.add_argument("--seed", type=int, default=0, help="seed of the patient split hash")
+    add_seed_argument(index)
     index.add_argument(
         "--keep-missing", action="store_true", help="keep rows whose image file is missing"
     )
@@ -97,15 +119,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="dataset-specific setting (repeatable; see below)",
     )
-    index.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_argument(index)
     index.set_defaults(run=run_index)
 
-    prep = commands.add_parser(
+    prep = add_command(
+        commands,
         "preprocess",
         help="prepare a manifest's images as RAD-DINO's training data was prepared",
         description="Resize so the shorter side is --size with cubic B-spline interpolation, "
         "min-max scale to [0, 255], save as PNG under OUT/images; write OUT/manifest.csv (all "
         "columns carried over) and OUT/rejects.csv. Re-running the same command resumes.",
+        examples="""examples:
+  raddino data preprocess --manifest chexpert.csv --out chexpert-518/
+  raddino data preprocess --manifest mimic.csv --out mimic-518/ --workers 8 --size 518
+""",
     )
     prep.add_argument("--manifest", required=True, help="manifest .csv with a 'path' column")
     prep.add_argument("--out", required=True, help="output folder")
@@ -121,7 +148,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="0-9",
         help="PNG zlib level; lossless at every level, 1 is fast (default: 1)",
     )
-    prep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_argument(prep)
     prep.set_defaults(run=run_preprocess)
 
 

@@ -7,6 +7,13 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
+from raddino.cli.options import (
+    add_command,
+    add_device_argument,
+    add_progress_argument,
+    add_seed_argument,
+)
+
 if TYPE_CHECKING:
     from raddino.demo.options import DemoOptions
     from raddino.demo.pipeline import Demo
@@ -16,12 +23,15 @@ HELP = (
     "the end-to-end demo: synthetic cohort, image-only and language-supervised pre-training, "
     "evaluation against random weights and raw pixels, report"
 )
-EPILOG = """examples:
+EXAMPLES = """examples:
   raddino demo --out demo/            # the full demo (timings: README.md); re-run to resume
   raddino demo --out demo/ --quick    # a smoke run of every stage at toy sizes
   raddino demo --out demo/ --steps 600 optim.base_lr=1e-3 --no-reports
   raddino demo --out demo/ --ablation --no-language   # image-only with and without iBOT
 """
+# raddino.demo.options.DEMO_SEED, spelled out so that parsing does not import torch (a test
+# checks that they agree)
+DEMO_SEED = 31
 
 
 def _count(text: str) -> int:
@@ -32,14 +42,15 @@ def _count(text: str) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
         help=HELP,
         description=HELP + ". Every stage is cached in --out: running the command again skips "
         "finished stages, continues an interrupted one, and redoes the stages whose options "
-        "changed (and those after them).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        f"changed (and those after them). The default seed, {DEMO_SEED}, is one no recipe or "
+        "setting was chosen on (docs/protocol.md).",
+        examples=EXAMPLES,
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="pre-training config overrides"
@@ -53,13 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--size", type=_count, default=None, help="image side in pixels (default: 160; --quick: 64)"
     )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the cohort, training and evaluation (default: 31, a seed no recipe or "
-        "setting was chosen on; see docs/protocol.md)",
-    )
+    add_seed_argument(parser, default=DEMO_SEED)
     parser.add_argument(
         "--config",
         default=None,
@@ -83,9 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-reports", action="store_true", help="skip report generation")
     parser.add_argument("--workers", type=_count, default=2, help="worker processes (default: 2)")
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu or cuda (default: auto = CUDA when present)"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--bootstrap",
         type=_count,
@@ -95,7 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes for a smoke run (numbers mean nothing)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -103,7 +106,6 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     from pathlib import Path
 
     from raddino.demo.options import (
-        DEMO_SEED,
         FULL,
         LANGUAGE_PRESET,
         QUICK,
@@ -129,7 +131,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         language_config=language,
         images=sizes.images if args.images is None else args.images,
         size=sizes.size if args.size is None else args.size,
-        seed=DEMO_SEED if args.seed is None else args.seed,
+        seed=args.seed,
         steps=args.steps,
         overrides=tuple(args.overrides),
         ablation=args.ablation,
@@ -166,6 +168,11 @@ def summary_lines(demo: Demo, outcomes: list[StageOutcome]) -> list[str]:
         else:
             text = f"skipped ({outcome.reason})"
         lines.append(f"  {outcome.name:<17} {text}")
+    from raddino.demo.view_command import view_command
+
+    command = view_command(demo)
+    if command:  # the last line: the encoders' patch tokens, to click in the browser
+        lines += ["", "explore the encoders in the browser:", f"  {command}"]
     return lines
 
 

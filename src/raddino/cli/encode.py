@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import TYPE_CHECKING
 
-from raddino.cli.options import add_device_argument, add_dtype_argument, add_model_argument
+from raddino.cli.options import (
+    add_command,
+    add_device_argument,
+    add_dtype_argument,
+    add_model_argument,
+    add_progress_argument,
+)
 from raddino.data.io import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "encode images (files, folders, manifest CSVs) into a features store"
 
@@ -21,17 +32,27 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "encode",
         help=HELP,
         description=HELP + ". Re-running the same command resumes an interrupted run.",
+        examples="""examples:
+  raddino encode scans/ more.dcm cohort.csv --model rad-dino/ --out features/
+  raddino encode scans/ --model rad-dino/ --out features/ --patch-tokens full --layers 3,6,9,11
+  torchrun --nproc-per-node 4 -m raddino encode scans/ --model rad-dino/ --out features/  # 4 GPUs
+
+under torchrun each process encodes its share of the inputs on its own GPU (cuda:LOCAL_RANK;
+the CPU with --device cpu) and the first joins the shares into the one store; more nodes and
+SLURM: docs/encoding.md, "Many GPUs and nodes"
+""",
     )
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image file, folder or manifest .csv"
     )
     add_model_argument(parser)
     parser.add_argument("--out", required=True, help="features store directory")
-    add_device_argument(parser, default="cpu")
+    add_device_argument(parser)
     add_dtype_argument(
         parser,
         default="auto",
@@ -85,19 +106,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse images larger than this many pixels (default: {DEFAULT_MAX_PIXELS})",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from raddino.data.manifest import collect_inputs
     from raddino.devices import check_device
+
+    device = check_device(args.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return encode(args, device)
+    # torchrun with several processes: each takes cuda:LOCAL_RANK on GPUs (the CPU otherwise),
+    # encodes its share into a store of its own, and the first one joins them
+    from raddino.ssl.distributed import init_distributed, shutdown
+
+    env = init_distributed(device)
+    try:
+        return encode(args, env.device, distributed=True, speaks=env.is_main)
+    finally:
+        shutdown()
+
+
+def encode(
+    args: argparse.Namespace, device: torch.device, distributed: bool = False, speaks: bool = True
+) -> int:
+    """The command on one process; ``speaks``: this process prints (the first of several)."""
+    from raddino.data.manifest import collect_inputs
     from raddino.features.encode import EncodeOptions, encode_to_store
     from raddino.models.encoder import RadDino
     from raddino.models.hardware import choose_dtype, probe_hardware
     from raddino.precision import short_name
 
-    device = check_device(args.device)
+    def say(message: str) -> None:
+        if speaks:
+            print(message, flush=True)
+
     precision = choose_dtype(args.dtype, probe_hardware(device))
     default_batch = 16 if device.type == "cuda" else 4
     options = EncodeOptions(
@@ -110,32 +153,28 @@ def run(args: argparse.Namespace) -> int:
         layers=args.layers,
         shard_size=args.shard_size,
         max_pixels=args.max_pixels,
-        progress=not args.no_progress,
+        progress=speaks and not args.no_progress,
     )
     paths = collect_inputs(args.inputs)
     if not paths:
         print("raddino encode: no images found in the inputs", file=sys.stderr)
         return 1
     model = RadDino.from_pretrained(args.model)
-    print(f"precision: {short_name(precision.value)} ({precision.reason})", flush=True)
+    say(f"precision: {short_name(precision.value)} ({precision.reason})")
     summary = encode_to_store(
-        model,
-        paths,
-        args.out,
-        options,
-        model_id=str(args.model),
-        log=lambda message: print(message, flush=True),
+        model, paths, args.out, options, model_id=str(args.model), log=say, distributed=distributed
     )
-    print(
+    say(
         f"encoded {summary.encoded} of {len(paths)} images, rejected {summary.rejected}"
         + (f" (listed in {args.out}/rejects.csv)" if summary.rejected else "")
     )
     if summary.missing:  # neither encoded nor rejected: the store does not cover the inputs
-        print(
-            f"raddino encode: error: {summary.missing} of {len(paths)} images are neither "
-            f"encoded nor rejected in {args.out}; re-run the same command to complete it",
-            file=sys.stderr,
-        )
+        if speaks:
+            print(
+                f"raddino encode: error: {summary.missing} of {len(paths)} images are neither "
+                f"encoded nor rejected in {args.out}; re-run the same command to complete it",
+                file=sys.stderr,
+            )
         return 1
-    print(f"features store: {args.out}")
+    say(f"features store: {args.out}")
     return 0 if summary.encoded > 0 else 1

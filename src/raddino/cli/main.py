@@ -26,8 +26,11 @@ from raddino.cli import (
     report,
     segment,
     similarity,
+    study,
     synth,
+    view,
 )
+from raddino.cli.options import HelpFormatter
 
 COMMANDS = (
     demo,
@@ -42,13 +45,27 @@ COMMANDS = (
     report,
     similarity,
     pca,
+    view,
+    study,
 )
+
+
+EXAMPLES = """examples:
+  raddino demo --out demo/ --quick
+  raddino encode scans/ --model rad-dino/ --out features/
+  raddino probe --model rad-dino/ --manifest cohort/manifest.csv --targets effusion --out eval/
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raddino",
-        description="RAD-DINO image encoders for radiographs.",
+        description="RAD-DINO image encoders for radiographs. The options commands share "
+        "(--model, --out, --device, --dtype, --seed, --no-progress) mean the same everywhere, and "
+        "re-running a command continues the work in its --out: docs/cli.md. Each command's "
+        "options and examples: raddino COMMAND --help.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"raddino {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,14 +1,126 @@
-"""Options that several commands share: value types, ``--device``, ``--dtype``, and the option
-groups of the evaluation commands (``probe``, ``segment``, ``compare``) with what they build.
+"""The command line's shared vocabulary: how a command's parser is laid out (an example in every
+``--help``), the options several commands share (``--model``, ``--device``, ``--dtype``,
+``--seed``, ``--no-progress``), old spellings kept working, and the option groups of the
+evaluation commands (``probe``, ``segment``, ``compare``) with what they build.
 
-Command modules import these from here and never from each other. Parsing stays torch-free
-until a value is converted: ``--dtype`` becomes a ``torch.dtype`` (None for ``auto``) through
-:func:`raddino.precision.parse_dtype`, imported when argparse converts the value.
+Command modules import these from here and never from each other; ``docs/cli.md`` is the table
+of this vocabulary. Parsing stays torch-free until a value is converted: ``--dtype`` becomes a
+``torch.dtype`` (None for ``auto``) through :func:`raddino.precision.parse_dtype`, imported when
+argparse converts the value.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+import textwrap
+from typing import Any
+
+# --------------------------------------------------------------------------- parsers and help
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Prose is wrapped to the terminal; indented lines (the examples) are kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = re.split(r"\n\s*\n", text.strip("\n"))
+        return "\n\n".join(self._fill_block(block, width, indent) for block in blocks)
+
+    @staticmethod
+    def _fill_block(block: str, width: int, indent: str) -> str:
+        lines = block.splitlines()
+        if any(line[:1].isspace() for line in lines):  # "examples:" and its lines
+            return "\n".join(indent + line for line in lines)
+        prose = " ".join(line.strip() for line in lines)
+        return textwrap.fill(prose, width, initial_indent=indent, subsequent_indent=indent)
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    description: str,
+    examples: str,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A (sub-)command's parser: ``help`` in the list of commands, ``description`` at the top of
+    its ``--help``, and ``examples`` (``examples:`` then indented ``raddino ...`` lines that run
+    as written) at the bottom."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=examples,
+        formatter_class=HelpFormatter,
+        **kwargs,
+    )
+
+
+class OldSpelling(argparse.Action):
+    """An option's old spelling: hidden from ``--help``, parsed as before, and each use noted in
+    one line on stderr (``raddino report train: note: --encoder is now --model``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, note: str, **kwargs: Any) -> None:
+        self.note = note
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: note: {self.note}", file=sys.stderr, flush=True)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_option(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    old: tuple[str, ...] = (),
+    required: bool = False,
+    **kwargs: Any,
+) -> argparse.Action:
+    """``parser.add_argument(name, **kwargs)``, also accepting the ``old`` spellings
+    (:class:`OldSpelling`: same destination and conversion, a note when used). The spellings
+    are mutually exclusive, so giving both is an error naming them."""
+    if not old:
+        return parser.add_argument(name, required=required, **kwargs)
+    group = parser.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(name, **kwargs)
+    for spelling in old:
+        group.add_argument(
+            spelling,
+            action=OldSpelling,
+            note=f"{spelling} is now {name}",
+            dest=action.dest,
+            nargs=action.nargs,
+            type=action.type,
+            choices=action.choices,
+            metavar=action.metavar,
+            default=argparse.SUPPRESS,
+        )
+    return action
+
+
+RESUME_RULE = "re-running a command continues the work in its --out; to start over, use a new --out"
+"""The one resume rule (docs/cli.md): no command needs a flag to continue its work."""
+
+
+def add_retired_flag(
+    parser: argparse.ArgumentParser, flag: str, note: str, dest: str | None = None
+) -> None:
+    """``flag``, no longer needed, still accepted: hidden, ``note`` printed when used; with
+    ``dest`` it still sets ``dest`` to True there."""
+    parser.add_argument(
+        flag,
+        action=OldSpelling,
+        note=note,
+        nargs=0,
+        const=True,
+        dest=dest or argparse.SUPPRESS,
+        default=False if dest else argparse.SUPPRESS,
+    )
+
+
+# --------------------------------------------------------------------------- shared options
 
 
 def positive_int(text: str) -> int:
@@ -22,7 +134,7 @@ def positive_int(text: str) -> int:
 
 
 def dtype_argument(text: str):
-    """A ``--dtype``/``--precision`` value as a ``torch.dtype``, or None for ``auto``."""
+    """A ``--dtype`` value as a ``torch.dtype``, or None for ``auto``."""
     from raddino.precision import parse_dtype
 
     try:
@@ -31,47 +143,79 @@ def dtype_argument(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-MODEL_SOURCES = "a Hugging Face Dinov2 directory, a DINOv2 .safetensors/.pth file or a raddino run"
+MODEL_SOURCES = (
+    "a Hugging Face Dinov2, CLIP or SigLIP directory, a timm folder or timm:MODEL:FILE, a DINOv2 "
+    ".safetensors/.pth file or a raddino run"
+)
+BASELINES = (
+    "random:PATH for a random-initialised encoder of that architecture, pixels:SIDE for the "
+    "raw-pixel baseline"
+)
 
 
-def add_model_argument(parser: argparse.ArgumentParser, baselines: bool = False) -> None:
-    """``--model``: the weights to load (:meth:`raddino.RadDino.from_pretrained`); with
-    ``baselines`` also ``random:PATH`` and ``pixels:SIDE``
-    (:class:`raddino.eval.encoders.EncoderSpec`)."""
-    extra = (
-        "; random:PATH for a random-initialised encoder of that architecture, pixels:SIDE for "
-        "the raw-pixel baseline"
-        if baselines
-        else ""
-    )
-    parser.add_argument("--model", required=True, help=f"{MODEL_SOURCES}{extra}")
+def add_model_argument(
+    parser: argparse.ArgumentParser,
+    baselines: bool = False,
+    help: str | None = None,
+    old: tuple[str, ...] = (),
+) -> None:
+    """``--model`` (required): the weights to load (:meth:`raddino.RadDino.from_pretrained`);
+    with ``baselines`` also ``random:PATH`` and ``pixels:SIDE``
+    (:class:`raddino.eval.encoders.EncoderSpec`). ``help`` replaces the text where the model is
+    something else (a report run); ``old``: earlier spellings, still accepted."""
+    text = help or MODEL_SOURCES + (f"; {BASELINES}" if baselines else "")
+    add_option(parser, "--model", old=old, required=True, metavar="MODEL", help=text)
 
 
-def add_device_argument(parser: argparse.ArgumentParser, default: str = "cpu") -> None:
-    """``--device``; ``raddino.cli.main`` checks it before the command runs."""
-    parser.add_argument(
-        "--device",
-        default=default,
-        help=f"cpu, cuda, cuda:1, ...; auto = cuda when available, else cpu (default: {default})",
-    )
+DEVICE_HELP = "cpu, cuda, cuda:1, ...; auto = cuda when available, else cpu (default: auto)"
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``auto`` by default; ``raddino.cli.main`` checks it (and so resolves
+    ``auto``, :func:`raddino.devices.check_device`) before the command runs."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+DTYPE_CHOICES = "{auto,fp32,bf16,fp16}"
 
 
 def add_dtype_argument(
-    parser: argparse.ArgumentParser, default: str, what: str, note: str = "", flag: str = "--dtype"
+    parser: argparse.ArgumentParser,
+    default: str,
+    what: str,
+    note: str = "",
+    old: tuple[str, ...] = (),
 ) -> None:
-    """``--dtype`` (or ``flag``): auto or a precision name, converted by :func:`dtype_argument`.
-
-    The help reads ``what``, the values and the ``auto`` rule, then ``note`` and the default.
-    """
-    parser.add_argument(
-        flag,
+    """``--dtype``: auto or a precision, converted by :func:`dtype_argument`; ``default`` is one
+    of the short names. The help reads ``what``, the values and the ``auto`` rule, then ``note``
+    and the default. ``old``: earlier spellings (``--precision``), still accepted."""
+    add_option(
+        parser,
+        "--dtype",
+        old=old,
         default=default,
         type=dtype_argument,
-        metavar="{auto,float32,bfloat16,float16}",
-        help=f"{what}: auto, float32 (fp32), bfloat16 (bf16) or float16 (fp16); auto = bf16 "
-        "where the device computes it natively (recent GPUs, CPUs with AVX512-BF16 or AMX), "
-        f"else fp16 on GPUs and fp32 on CPUs{'; ' + note if note else ''} (default: {default})",
+        metavar=DTYPE_CHOICES,
+        help=f"{what}: auto, fp32, bf16 or fp16 (float32, bfloat16, float16 also accepted); "
+        "auto = bf16 where the device computes it natively (recent GPUs, CPUs with AVX512-BF16 "
+        f"or AMX), else fp16 on GPUs and fp32 on CPUs{'; ' + note if note else ''} "
+        f"(default: {default})",
     )
+
+
+SEED_HELP = "seed of everything random in the command; the same seed gives the same results"
+
+
+def add_seed_argument(
+    parser: argparse.ArgumentParser, default: int | None = 0, shown: str | None = None
+) -> None:
+    """``--seed``; ``shown`` says what a None ``default`` stands for (a study file's seed)."""
+    text = shown if shown is not None else str(default)
+    parser.add_argument("--seed", type=int, default=default, help=f"{SEED_HELP} (default: {text})")
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -81,13 +225,13 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every evaluation command takes: data, output, device, encoding, bootstrap."""
     parser.add_argument("--manifest", required=True, help="manifest CSV (path, split, labels...)")
     parser.add_argument("--out", required=True, help="output directory")
-    add_device_argument(parser, default="cpu")
+    add_device_argument(parser)
     add_dtype_argument(
         parser,
-        default="float32",
+        default="fp32",
         what="the encoder's precision",
-        note="float32 by default so that feature caches and probe numbers are the same on "
-        "every machine",
+        note="fp32 by default, so that the precision of feature caches and probe numbers does "
+        "not change with the machine",
     )
     parser.add_argument(
         "--image-size",
@@ -112,7 +256,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
         default=1000,
         help="patient-level bootstrap resamples for the intervals (default: 1000)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of splits, resamples, training")
+    add_seed_argument(parser)
     parser.add_argument(
         "--cpu-threads",
         type=int,
@@ -120,7 +264,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads for fitting probes / training heads on CPU; 0 = torch's default "
         "(default: 1, fastest on a shared CPU; try 0 for UPerNet on an idle many-core machine)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(parser)
 
 
 def encode_options(args: argparse.Namespace):
@@ -187,7 +331,11 @@ def add_segment_arguments(parser: argparse.ArgumentParser, required: bool = True
         "the image's size; empty = not annotated), e.g. lungs heart",
     )
     parser.add_argument(
-        "--head", default="linear", choices=["linear", "upernet"], help="(default: linear)"
+        "--head",
+        default="linear",
+        choices=["linear", "upernet"],
+        help="linear (a linear layer on patch tokens, as DINOv2's) or upernet (a four-scale "
+        "pyramid from four blocks and the UPerNet decoder) (default: linear)",
     )
     parser.add_argument(
         "--linear-layers",
@@ -198,13 +346,17 @@ def add_segment_arguments(parser: argparse.ArgumentParser, required: bool = True
     parser.add_argument(
         "--channels", type=positive_int, default=256, help="UPerNet width (default: 256)"
     )
-    parser.add_argument("--epochs", type=positive_int, default=20, help="(default: 20)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=20, help="head training epochs (default: 20)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)"
+    )
     parser.add_argument(
         "--train-batch-size", type=positive_int, default=8, help="head training batch (default: 8)"
     )
     parser.add_argument(
-        "--overlays", type=int, default=4, help="overlay PNGs of this many test images (4)"
+        "--overlays", type=int, default=4, help="overlay PNGs of this many test images (default: 4)"
     )
     parser.add_argument(
         "--no-amp", action="store_true", help="train in float32 on GPU (default: mixed precision)"

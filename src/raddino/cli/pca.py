@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raddino.cli.options import add_device_argument, add_model_argument, positive_int
+from raddino.cli.options import add_command, add_device_argument, add_model_argument, positive_int
 
 HELP = "colour each patch by the first three principal components of the patch tokens"
 DESCRIPTION = f"""{HELP}.
@@ -21,8 +21,8 @@ Writes OUT/pca.png (each view above its map) and OUT/<image stem>_pca.png per im
 upsampled to the model's view size, nearest neighbour; repeated stems get _2, _3... in input
 order). Unreadable images are reported and skipped; the exit code is 1 only when none
 could be read.
-
-examples:
+"""
+EXAMPLES = """examples:
   raddino pca --model microsoft-rad-dino a.png b.png c.dcm --out figs/pca
   raddino pca --model runs/pretrain scans/ --out figs/pca --background-threshold 0.4
 """
@@ -39,12 +39,7 @@ def unit_interval(text: str) -> float:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "pca",
-        help=HELP,
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "pca", help=HELP, description=DESCRIPTION, examples=EXAMPLES)
     add_model_argument(parser)
     parser.add_argument(
         "images", nargs="+", metavar="IMG", help="image file, or folder (searched recursively)"
@@ -57,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="blacken patches whose scaled first component is <= T, in [0, 1] (default: off)",
     )
-    add_device_argument(parser, default="auto")
+    add_device_argument(parser)
     parser.add_argument(
         "--batch-size", type=positive_int, default=8, help="images per batch (default: 8)"
     )

@@ -7,14 +7,15 @@ import argparse
 import os
 import sys
 
+from raddino.cli.options import RESUME_RULE, add_command, add_progress_argument, add_retired_flag
+
 HELP = (
     "pre-train an encoder on unlabelled images (the RAD-DINO / DINOv2 recipe) or, with "
     "recipe: contrastive, on image-report pairs"
 )
-EPILOG = """examples:
+EXAMPLES = """examples:
   raddino pretrain --config tiny_cpu --data images/ --out runs/tiny
-  raddino pretrain --config tiny_cpu train.steps=500 optim.base_lr=2e-3 \\
-      --data manifest.csv --out runs/tiny --resume
+  raddino pretrain --config tiny_cpu train.steps=1200 --data images/ --out runs/tiny  # to 1200
   torchrun --nproc-per-node 4 -m raddino pretrain --config vitb14_cxr \\
       --data manifest.csv --out runs/vitb14
   raddino pretrain --config clip_tiny_cpu --data cohort/manifest.csv --out runs/clip
@@ -22,12 +23,14 @@ EPILOG = """examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "pretrain",
         help=HELP,
-        description=HELP + ". Runs unchanged under torchrun (DDP).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP + ". Runs unchanged under torchrun (DDP). Re-running the command "
+        "continues the run in --out from its newest checkpoint (the config given applies, e.g. "
+        "a larger train.steps); for a new run choose a new --out.",
+        examples=EXAMPLES,
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     parser.add_argument(
@@ -42,9 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         help="images: folder, file or manifest .csv (contrastive: manifests with a report column)",
     )
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--out", required=True, help="run directory (created; continued if it holds a run)"
+    )
+    add_retired_flag(parser, "--resume", f"--resume is now the default: {RESUME_RULE}")
+    add_progress_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -68,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
         train = pretrain_contrastive
     try:
-        summary = train(
-            config, args.data, args.out, resume=args.resume, progress=not args.no_progress
-        )
+        summary = train(config, args.data, args.out, resume=True, progress=not args.no_progress)
     except TrainingDivergedError as error:
         print(f"raddino pretrain: {error}", file=sys.stderr)
         return 3

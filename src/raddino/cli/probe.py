@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from raddino.cli.options import (
+    add_command,
     add_evaluation_arguments,
     add_model_argument,
     add_probe_arguments,
@@ -14,15 +15,23 @@ from raddino.cli.options import (
 )
 
 HELP = "linear / k-NN probes of manifest columns (findings, sex, age, BMI) on frozen features"
+EXAMPLES = """examples:
+  raddino probe --model rad-dino/ --manifest cohort/manifest.csv \\
+      --targets effusion nodule sex age:continuous --out eval/probe
+  raddino probe --model random:runs/tiny --manifest cohort/manifest.csv --targets effusion \\
+      --out eval/probe-random --device cuda --dtype bf16
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "probe",
         help=HELP,
         description=HELP + ". Hyper-parameters are chosen on the validation split; metrics on "
         "the test split come with patient-level bootstrap intervals. Writes probe.md, "
         "probe.json and predictions.csv.",
+        examples=EXAMPLES,
     )
     add_model_argument(parser, baselines=True)
     add_probe_arguments(parser)

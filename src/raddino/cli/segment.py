@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from raddino.cli.options import (
+    add_command,
     add_evaluation_arguments,
     add_model_argument,
     add_segment_arguments,
@@ -15,15 +16,23 @@ from raddino.cli.options import (
 )
 
 HELP = "train a segmentation head (linear or UPerNet) on frozen patch tokens; Dice/IoU with CIs"
+EXAMPLES = """examples:
+  raddino segment --model rad-dino/ --manifest cohort/manifest.csv \\
+      --masks left_lung right_lung heart --out eval/segment
+  raddino segment --model runs/tiny --manifest cohort/manifest.csv --masks heart \\
+      --head upernet --epochs 40 --out eval/segment-upernet --device cuda
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "segment",
         help=HELP,
         description=HELP + ". The encoder runs once (features cache); the head is chosen on the "
         "validation split. Writes segment.md, segment.json, scores_per_image.csv, "
         "head.safetensors and overlays/.",
+        examples=EXAMPLES,
     )
     add_model_argument(parser, baselines=True)
     add_segment_arguments(parser)

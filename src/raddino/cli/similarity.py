@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from raddino.cli.options import add_device_argument, add_model_argument, positive_int
+from raddino.cli.options import add_command, add_device_argument, add_model_argument, positive_int
 
 HELP = "similarity of one query patch to every patch of other images (the paper's Figure 2)"
 DESCRIPTION = f"""{HELP}.
@@ -20,8 +20,8 @@ Writes OUT (format from its suffix: .png, .pdf, .svg...) and OUT with the suffix
 the numbers: maps (targets, h, w) float32, query_map (h, w), query_patch (row, col), and the
 model's views query_image (H, W) and target_images (targets, H, W) uint8 (map_I and
 target_image_I per target instead when the views differ in size).
-
-examples:
+"""
+EXAMPLES = """examples:
   raddino similarity --model microsoft-rad-dino QUERY.png --point 260,310 A.png B.dcm --out sim.png
   raddino similarity --model runs/pretrain QUERY.dcm --point 1024,900 QUERY.dcm OTHER.png \\
       --out figs/clavicle.pdf --device cuda
@@ -45,11 +45,8 @@ def parse_point(text: str) -> tuple[float, float]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "similarity",
-        help=HELP,
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "similarity", help=HELP, description=DESCRIPTION, examples=EXAMPLES
     )
     add_model_argument(parser)
     parser.add_argument("query", metavar="QUERY_IMG", help="image holding the query patch")
@@ -65,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "targets", nargs="+", metavar="TARGET_IMG", help="images to compare the patch with"
     )
     parser.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg...)")
-    add_device_argument(parser, default="auto")
+    add_device_argument(parser)
     parser.add_argument(
         "--batch-size", type=positive_int, default=8, help="images per batch (default: 8)"
     )

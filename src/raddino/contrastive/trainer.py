@@ -173,7 +173,7 @@ def _train(
 
     start_step = 0
     if existing is not None:
-        existing, state = resume_state(run_dir, config.recipe)
+        existing, state = resume_state(run_dir, config.recipe, config.to_dict())
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = restore_loop_state(state, scaler, env)

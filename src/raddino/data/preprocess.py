@@ -24,6 +24,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ _RESAMPLE = {
     3: InterpolationMode.BICUBIC,
 }
 _RESAMPLE_NAMES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
+CropRounding = Literal["floor", "round"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class PreprocessConfig:
     do_resize: bool = True
     do_center_crop: bool = True
     do_normalize: bool = True
+    # Other encoders' processors (raddino.models.adapters): resize_size (H, W) resizes to exactly
+    # that size, aspect ratio not kept (SigLIP, timm's "squash"), instead of the shortest edge;
+    # crop_rounding "round" places an odd crop margin as torchvision's CenterCrop does (timm),
+    # "floor" as transformers does. Left out of to_dict() at their defaults.
+    resize_size: tuple[int, int] | None = None
+    crop_rounding: CropRounding = "floor"
 
     def __post_init__(self) -> None:
         if self.resample not in _RESAMPLE:
@@ -65,6 +73,15 @@ class PreprocessConfig:
                 raise ValueError(f"preprocess {key}={getattr(self, key)!r} must be positive")
         if any(s <= 0 for s in self.image_std):
             raise ValueError(f"preprocess image_std={self.image_std!r} must be positive")
+        if self.resize_size is not None:
+            size = tuple(int(side) for side in self.resize_size)
+            if len(size) != 2 or min(size) <= 0:
+                raise ValueError(f"preprocess resize_size={self.resize_size!r}: use (H, W) > 0")
+            object.__setattr__(self, "resize_size", size)
+        if self.crop_rounding not in ("floor", "round"):
+            raise ValueError(
+                f"preprocess crop_rounding={self.crop_rounding!r}: use 'floor' or 'round'"
+            )
 
     @property
     def output_size(self) -> tuple[int, int] | None:
@@ -112,7 +129,11 @@ class PreprocessConfig:
             "image_processor_type": "BitImageProcessor",
             "do_convert_rgb": True,
             "do_resize": self.do_resize,
-            "size": {"shortest_edge": self.shortest_edge},
+            "size": (
+                {"height": self.resize_size[0], "width": self.resize_size[1]}
+                if self.resize_size
+                else {"shortest_edge": self.shortest_edge}
+            ),
             "resample": self.resample,
             "do_center_crop": self.do_center_crop,
             "crop_size": {"height": self.crop_height, "width": self.crop_width},
@@ -131,7 +152,16 @@ class PreprocessConfig:
             raise ValueError(f"{path}: {error}") from error
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """All fields, except resize_size and crop_rounding at their defaults: RAD-DINO's
+        dict (in features stores and caches' fingerprints) stays as it was before they came."""
+        data = asdict(self)
+        if self.resize_size is None:
+            del data["resize_size"]
+        else:
+            data["resize_size"] = list(self.resize_size)
+        if self.crop_rounding == "floor":
+            del data["crop_rounding"]
+        return data
 
 
 def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
@@ -141,7 +171,25 @@ def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int
     return int(shortest_edge * height / width), shortest_edge
 
 
-def center_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resized_size(height: int, width: int, config: PreprocessConfig) -> tuple[int, int]:
+    """(H, W) of an image of height x width after the processor's resize (before the crop)."""
+    if not config.do_resize:
+        return height, width
+    if config.resize_size is not None:
+        return config.resize_size
+    return shortest_edge_size(height, width, config.shortest_edge)
+
+
+def crop_start(size: int, crop: int, rounding: CropRounding = "floor") -> int:
+    """Where a centred crop of ``crop`` pixels starts in ``size`` (0 after padding a smaller
+    image). An odd margin: "floor" (transformers) or Python's round (torchvision's CenterCrop)."""
+    margin = max(size - crop, 0) / 2.0
+    return round(margin) if rounding == "round" else int(margin)
+
+
+def center_crop(
+    image: torch.Tensor, height: int, width: int, rounding: CropRounding = "floor"
+) -> torch.Tensor:
     """Centre crop (..., H, W) -> (..., height, width), zero-padding inputs that are too small."""
     in_h, in_w = image.shape[-2:]
     if height > in_h or width > in_w:
@@ -151,27 +199,27 @@ def center_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
         pad_bottom = (height - in_h + 1) // 2 if height > in_h else 0
         image = TF.pad(image, [pad_left, pad_top, pad_right, pad_bottom], fill=0)
         in_h, in_w = image.shape[-2:]
-    top = int((in_h - height) / 2.0)
-    left = int((in_w - width) / 2.0)
+    top = crop_start(in_h, height, rounding)
+    left = crop_start(in_w, width, rounding)
     return image[..., top : top + height, left : left + width]
 
 
 def resize_and_crop(image: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
-    """uint8 (C, H, W) -> uint8 (C, crop_h, crop_w): shortest-edge resize, then centre crop."""
+    """uint8 (C, H, W) -> uint8 (C, crop_h, crop_w): shortest-edge (or exact-size) resize, then
+    centre crop."""
     if image.dtype != torch.uint8 or image.ndim != 3:
         raise ValueError(
             "resize_and_crop expects a uint8 (C, H, W) tensor, "
             f"got {image.dtype} {tuple(image.shape)}"
         )
-    if config.do_resize:
-        height, width = image.shape[-2:]
-        size = shortest_edge_size(height, width, config.shortest_edge)
-        if size != (height, width):
-            image = TF.resize(
-                image, list(size), interpolation=_RESAMPLE[config.resample], antialias=True
-            )
+    height, width = image.shape[-2:]
+    size = resized_size(height, width, config)
+    if size != (height, width):
+        image = TF.resize(
+            image, list(size), interpolation=_RESAMPLE[config.resample], antialias=True
+        )
     if config.do_center_crop:
-        image = center_crop(image, config.crop_height, config.crop_width)
+        image = center_crop(image, config.crop_height, config.crop_width, config.crop_rounding)
     return image.contiguous()
 
 

@@ -1,11 +1,12 @@
 """Which encoder to evaluate: weights on disk, a random-initialised copy of their architecture,
 or raw pixels.
 
-A spec is written on the command line as ``PATH`` (a Hugging Face Dinov2 directory or an
-official DINOv2 file), ``random:PATH`` (same architecture and preprocessing, random weights: the
-baseline every learned encoder should beat) or ``pixels:SIDE`` (the image's SIDE x SIDE grey
-thumbnail, :mod:`raddino.eval.pixels`: what a probe gets without any encoder), optionally
-prefixed by a display name ``NAME=...``.
+A spec is written on the command line as ``PATH`` (a Hugging Face Dinov2 directory, an
+official DINOv2 file, a raddino run, or a CLIP, SigLIP or timm encoder:
+:mod:`raddino.models.adapters`; also ``timm:MODEL_NAME:PATH``), ``random:PATH`` (same
+architecture and preprocessing, random weights: the baseline every learned encoder should
+beat) or ``pixels:SIDE`` (the image's SIDE x SIDE grey thumbnail, :mod:`raddino.eval.pixels`:
+what a probe gets without any encoder), optionally prefixed by a display name ``NAME=...``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from raddino.data.preprocess import PreprocessConfig
 from raddino.eval.pixels import PIXELS_PREFIX, PixelEncoder, parse_side, pixel_encoder
+from raddino.models import adapters
 from raddino.models.encoder import RadDino
 from raddino.models.vit import ViTConfig
 
@@ -54,7 +56,7 @@ class EncoderSpec:
             return cls("", False, seed, image_size, name, pixels=side)
         random_init = text.startswith(RANDOM_PREFIX)
         source = text.removeprefix(RANDOM_PREFIX)
-        if not Path(source).exists():
+        if not Path(adapters.weights_path(source)).exists():
             raise FileNotFoundError(f"encoder {source}: no such file or directory")
         return cls(source, random_init, seed, image_size, name)
 
@@ -78,7 +80,7 @@ class EncoderSpec:
             return self.name
         if self.pixels:
             return f"pixels {self.pixels}x{self.pixels}"
-        base = Path(self.source).name or self.source
+        base = Path(adapters.weights_path(self.source)).name or self.source
         return f"random-init({base})" if self.random_init else base
 
     def fingerprint(self) -> str:
@@ -92,7 +94,7 @@ class EncoderSpec:
             }
         else:
             data = {
-                "source": str(Path(self.source).resolve()),
+                "source": adapters.resolve_source(self.source),
                 "files": _weight_files(self.source),
                 "random_init": self.random_init,
                 "seed": self.seed if self.random_init else None,
@@ -101,7 +103,7 @@ class EncoderSpec:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def describe(self) -> dict:
-        source = str(Path(self.source).resolve()) if self.source else ""
+        source = adapters.resolve_source(self.source) if self.source else ""
         if self.pixels:
             side = self.pixels
             processor = source or "RAD-DINO's processor"
@@ -143,7 +145,8 @@ class EncoderSpec:
         return pixel_encoder(self.pixels, patch_size, preprocess, what)
 
     def _sized(self, preprocess: PreprocessConfig, patch_size: int) -> PreprocessConfig:
-        """The processor resized and cropped at ``image_size`` (when given)."""
+        """The processor resized and cropped at ``image_size`` (when given); an exact-size
+        resize (SigLIP's) becomes image_size x image_size too."""
         if self.image_size is None:
             return preprocess
         size = self.image_size
@@ -151,7 +154,10 @@ class EncoderSpec:
             raise ValueError(
                 f"--image-size {size}: must be a positive multiple of the patch size {patch_size}"
             )
-        return replace(preprocess, shortest_edge=size, crop_height=size, crop_width=size)
+        resize = None if preprocess.resize_size is None else (size, size)
+        return replace(
+            preprocess, shortest_edge=size, crop_height=size, crop_width=size, resize_size=resize
+        )
 
 
 def borrow_preprocessing(specs: Sequence[EncoderSpec]) -> list[EncoderSpec]:
@@ -168,7 +174,7 @@ def borrow_preprocessing(specs: Sequence[EncoderSpec]) -> list[EncoderSpec]:
 
 def _weight_files(source: str) -> list[tuple[str, int, int]]:
     """(name, size, mtime_ns) of the weight files: what tells one set of weights from another."""
-    root = Path(source).resolve()
+    root = Path(adapters.weights_path(source)).resolve()
     files = sorted(root.rglob("*")) if root.is_dir() else [root]
     stats = []
     for file in files:
@@ -182,7 +188,7 @@ def _weight_files(source: str) -> list[tuple[str, int, int]]:
 def _processor_of(source: str) -> tuple[int, PreprocessConfig]:
     """(patch size, processor) of the encoder at ``source``, read once per version of its files
     (the weights are loaded to read them, then dropped)."""
-    return _read_processor(str(Path(source).resolve()), tuple(_weight_files(source)))
+    return _read_processor(adapters.resolve_source(source), tuple(_weight_files(source)))
 
 
 @functools.lru_cache(maxsize=8)

@@ -6,7 +6,11 @@ and each shard goes to disk as soon as it is full, so memory stays flat however 
 
 Resumable: paths already in the store (encoded or rejected) are skipped, so re-running the same
 command after a crash or ``kill -9`` finishes the rest and ends with the same store as an
-uninterrupted run.
+uninterrupted run. The store is keyed on the model's weights (:mod:`raddino.features.identity`),
+not on the path it was given as.
+
+Under ``torchrun`` (``distributed=True``) every process encodes its share of the inputs into
+a store of its own, and the first one joins them: :mod:`raddino.features.ranks`.
 """
 
 from __future__ import annotations
@@ -19,12 +23,20 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from raddino.data.io import DEFAULT_MAX_PIXELS, ImageReadError
 from raddino.data.preprocess import PreprocessConfig, load_crop, model_input
 from raddino.devices import check_device
+from raddino.features import ranks
+from raddino.features.identity import (
+    MODEL_HASH_KEY,
+    MODEL_PATH_KEY,
+    open_encoder_store,
+    weights_sha256,
+)
 from raddino.features.store import FeatureStoreWriter, StoreSummary
 from raddino.models.encoder import RadDino
 from raddino.models.engine import InferenceEngine
@@ -32,6 +44,7 @@ from raddino.models.hardware import (
     COMPILE_CHOICES,
     choose_compile,
     configure_cpu_threads,
+    onednn_traceable,
     probe_hardware,
 )
 from raddino.precision import dtype_name, resolve_dtype
@@ -137,10 +150,16 @@ def _limit_worker_threads(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def store_meta(model: RadDino, model_id: str, options: EncodeOptions, dtype: torch.dtype) -> dict:
-    """What identifies a store: resuming with other settings is refused by the writer."""
+def store_meta(
+    model: RadDino, model_id: str, options: EncodeOptions, dtype: torch.dtype, weights: str
+) -> dict:
+    """What identifies a store: resuming with other settings is refused by the writer.
+
+    ``weights``: the :func:`weights_sha256` of the model as it runs (cast to ``dtype``);
+    ``model_id`` (the path it was given as) is kept for information and not compared."""
     return {
-        "model": model_id,
+        MODEL_HASH_KEY: weights,
+        MODEL_PATH_KEY: model_id,
         "model_config": model.config.to_dict(),
         "preprocess": model.preprocess_config.to_dict(),
         "dtype": dtype_name(dtype),
@@ -209,7 +228,10 @@ def build_engine(
     device = options.device
     dtype = resolve_dtype(options.dtype, device)
     hardware = probe_hardware(device)
-    compile_choice = choose_compile(options.compile, hardware, dtype, num_images)
+    traceable = onednn_traceable(model.backbone)
+    compile_choice = choose_compile(
+        options.compile, hardware, dtype, num_images, traceable=traceable
+    )
     if device.type == "cpu":
         log(f"threads: {configure_cpu_threads()} intra-op on {hardware.name}")
     log(f"compile: {compile_choice.value} ({compile_choice.reason})")
@@ -232,26 +254,32 @@ def encode_to_store(
     *,
     engine: InferenceEngine | None = None,
     log: Callable[[str], None] | None = None,
+    distributed: bool = False,
 ) -> StoreSummary:
     """Encode ``paths`` into the store at ``out_dir`` (resuming it when it exists).
 
-    The model is moved to ``options.device`` and cast to the resolved dtype in place. ``engine``
-    reuses an already prepared (e.g. compiled) :func:`build_engine` result for this model and
-    options; ``log`` receives the setup decisions (see :func:`build_engine`).
+    The model is moved to ``options.device`` and cast to the resolved dtype in place; the hash
+    of its weights as cast identifies the store (``model_id``, e.g. the path it was loaded
+    from, is kept as information). ``engine`` reuses an already prepared (e.g. compiled)
+    :func:`build_engine` result for this model and options; ``log`` receives the setup
+    decisions (see :func:`build_engine`).
+
+    ``distributed``: this call is made by every process of the initialised default process
+    group (``torchrun``), each with the same ``paths`` and its own device in ``options``; each
+    encodes its share and all return the same summary (:mod:`raddino.features.ranks`).
     """
     device = options.device
     dtype = resolve_dtype(options.dtype, device)
     model = model.to(device=device, dtype=dtype).eval()
+    weights = weights_sha256(model)  # as it runs: the same when an earlier call cast it
     layers = model.backbone.resolve_layers(options.layers)
     options = replace(options, dtype=dtype, layers=tuple(layers))
-    writer = FeatureStoreWriter(
-        out_dir, store_meta(model, model_id, options, dtype), shard_rows(model, options)
-    )
-    with writer:  # holds the store's lock; released on leaving, also on errors
-        order = list(dict.fromkeys(paths))
-        todo = [path for path in order if path not in writer.done]
-        if not todo:
-            return writer.finalize(order)
+    meta = store_meta(model, model_id, options, dtype, weights)
+    rows = shard_rows(model, options)
+    order = list(dict.fromkeys(paths))
+
+    def encode(writer: FeatureStoreWriter, todo: list[str], desc: str) -> None:
+        nonlocal engine
         if engine is None:
             engine = build_engine(model, options, len(order), log)
         elif (engine.device, engine.dtype, engine.layers) != (device, dtype, tuple(layers)):
@@ -259,13 +287,76 @@ def encode_to_store(
                 f"engine runs {engine.dtype} on {engine.device} with layers {engine.layers}; "
                 f"the options ask for {dtype} on {device} with layers {tuple(layers)}"
             )
-        registers = model.config.num_register_tokens
+        prepared, registers = engine, model.config.num_register_tokens
 
         def features(pixels: torch.Tensor) -> dict[str, np.ndarray]:
-            return batch_arrays(engine, pixels, model.preprocess_config, options, registers)
+            return batch_arrays(prepared, pixels, model.preprocess_config, options, registers)
 
-        write_decoded(writer, todo, model.preprocess_config, options, features, "encode")
+        write_decoded(writer, todo, model.preprocess_config, options, features, desc)
+
+    if distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _encode_on_every_process(order, out_dir, meta, rows, options.batch_size, encode)
+    with open_encoder_store(out_dir, meta, rows) as writer:  # the lock, released on leaving
+        ranks.absorb_rank_stores(writer, order)  # what a killed multi-process run left
+        todo = [path for path in order if path not in writer.done]
+        if todo:
+            encode(writer, todo, "encode")
         return writer.finalize(order)
+
+
+def _encode_on_every_process(
+    order: list[str],
+    out_dir: str | Path,
+    meta: dict,
+    rows: int,
+    batch_size: int,
+    encode: Callable[[FeatureStoreWriter, list[str], str], None],
+) -> StoreSummary:
+    """:func:`encode_to_store` on one of several processes; see :mod:`raddino.features.ranks`."""
+    group = ranks.coordination_group()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ranks.check_same_job(group, order, meta, batch_size)
+    store: FeatureStoreWriter | None = None  # process 0's: it holds the store's lock throughout
+    try:
+        state, failure = None, None
+        if rank == 0:
+            try:
+                store = open_encoder_store(out_dir, meta, rows)
+                ranks.absorb_rank_stores(store, order)
+                state = (store.meta, np.array([path in store.done for path in order]))
+            except Exception as error:  # raised on every process
+                failure = error
+        stored_meta, done = ranks.from_first_process(group, state, failure)
+
+        todo = [path for path, finished in zip(order, done, strict=True) if not finished]
+        share = ranks.rank_share(todo, rank, world, batch_size)
+        failure = None
+        try:
+            if share:
+                own = FeatureStoreWriter(
+                    ranks.rank_store_dir(out_dir, rank),
+                    stored_meta,
+                    rows,
+                    info_keys=(MODEL_PATH_KEY,),
+                )
+                with own:  # keeps the finished shards on errors; the final merge takes them
+                    encode(own, share, f"encode {rank}/{world}")
+        except Exception as error:
+            failure = error
+        ranks.raise_if_any_failed(group, failure)  # also: wait until every share is done
+
+        summary, failure = None, None
+        if store is not None:
+            try:
+                ranks.absorb_rank_stores(store, order)
+                summary = store.finalize(order)
+            except Exception as error:
+                failure = error
+        return ranks.from_first_process(group, summary, failure)
+    finally:
+        if store is not None:
+            store.close()
+        dist.destroy_process_group(group)
 
 
 def write_decoded(

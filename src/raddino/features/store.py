@@ -12,12 +12,15 @@ Layout of a store directory ``DIR``::
     DIR/rejects.jsonl        one {"path", "reason"} JSON object per line, appended as they happen
     DIR/index.csv            path,shard,row; written by ``finalize`` (marks a finished store)
     DIR/rejects.csv          path,reason; written by ``finalize``
+    DIR/ranks/rank-00000/    while a multi-process encode runs: each process's own store, moved
+                             into DIR by ``absorb`` at the end (:mod:`raddino.features.ranks`)
 
 A writer may be killed at any moment; reopening the directory resumes from the finished shards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -61,7 +64,21 @@ _KEY_RE = re.compile(r"^(?:layer(?P<layer>\d+)_)?(?P<kind>cls|patches|patch_mean
 
 
 class StoreMismatchError(ValueError):
-    """The directory is not a features store, or was created with different settings."""
+    """The directory is not a features store, or was created with different settings.
+
+    ``stored``: the store's meta (without format and version) when it was readable;
+    ``differing``: the meta keys whose values differ from the ones given.
+    """
+
+    def __init__(
+        self, message: str, stored: dict | None = None, differing: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message)
+        self.stored = stored
+        self.differing = tuple(differing)
+
+    def __reduce__(self) -> tuple:  # pickled with its details (torchrun broadcasts it)
+        return (type(self), (str(self), self.stored, self.differing))
 
 
 # --------------------------------------------------------------------------- lazy array
@@ -289,6 +306,36 @@ def _shard_keys(shard: Path) -> list[str]:
     return sorted(p.stem for p in shard.glob("*.npy"))
 
 
+def _read_spec(shard: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """key -> (row shape, dtype) of a finished shard's arrays."""
+    spec = {}
+    for key in _shard_keys(shard):
+        a = np.load(shard / f"{key}.npy", mmap_mode="r")
+        spec[key] = (tuple(a.shape[1:]), a.dtype)
+    return spec
+
+
+def _delete_store_files(store: Path) -> None:
+    """Delete a store's files (known names only; ``meta.json`` last, the lock left to its
+    holder): what is left after its shards were moved elsewhere."""
+    for name in (_REJECTS_LOG, _INDEX_FILE, _REJECTS_FILE):
+        (store / name).unlink(missing_ok=True)
+    for leftover in store.glob(TMP_PREFIX + "*"):
+        if leftover.is_file():
+            leftover.unlink()
+    if (store / _SHARDS_DIR).is_dir():
+        shutil.rmtree(store / _SHARDS_DIR)
+    (store / _META_FILE).unlink(missing_ok=True)
+    fsync_dir(store)
+
+
+def _describe_differences(stored: dict, given: dict, keys: Sequence[str]) -> str:
+    unset = "<unset>"
+    return "; ".join(
+        f"{k}: store has {stored.get(k, unset)!r}, given {given.get(k, unset)!r}" for k in keys
+    )
+
+
 def _read_meta(out_dir: Path) -> dict:
     meta_path = out_dir / _META_FILE
     try:
@@ -328,9 +375,20 @@ class FeatureStoreWriter:
     One writer per store: the writer holds the directory's :class:`raddino.output_lock.OutputLock`
     from opening until ``finalize`` or ``close`` (leaving a ``with`` block closes); a second
     writer meanwhile, in this process or another, gets ``OutputInUseError``.
+
+    Reopening a store compares ``meta`` with the stored meta, key by key, except ``info_keys``:
+    those are written when the store is created and never compared (e.g. the path the model
+    was given as, when the model is identified by its weights' hash).
     """
 
-    def __init__(self, out_dir: str | Path, meta: dict, shard_size: int = 1024) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        meta: dict,
+        shard_size: int = 1024,
+        *,
+        info_keys: Sequence[str] = (),
+    ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         for k in _RESERVED_META_KEYS:
@@ -339,6 +397,7 @@ class FeatureStoreWriter:
         self.out_dir: Path = Path(out_dir)
         self.shard_size: int = shard_size
         self.meta: dict = json.loads(json.dumps(meta))  # normalised as stored (tuples -> lists)
+        self.info_keys: frozenset[str] = frozenset(info_keys)
         self._shards_dir: Path = self.out_dir / _SHARDS_DIR
         self._rejects_log: Path = self.out_dir / _REJECTS_LOG
         self._lock = OutputLock(self.out_dir)
@@ -372,12 +431,9 @@ class FeatureStoreWriter:
         self.done.update(p for p, _ in _read_rejects_log(self._rejects_log))
 
         # key -> (item shape, dtype); fixed by the first shard on disk or the first add()
-        self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
-        if shards:
-            self._spec = {}
-            for key in _shard_keys(shards[0]):
-                a = np.load(shards[0] / f"{key}.npy", mmap_mode="r")
-                self._spec[key] = (tuple(a.shape[1:]), a.dtype)
+        self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = (
+            _read_spec(shards[0]) if shards else None
+        )
         self._buf_paths: list[str] = []
         self._buf: dict[str, list[np.ndarray]] = {}
         self._index_stale: bool = False  # index.csv/rejects.csv removed once the store changes
@@ -392,17 +448,14 @@ class FeatureStoreWriter:
         if (d / _META_FILE).exists():
             stored = _read_meta(d)
             caller = {k: v for k, v in stored.items() if k not in _RESERVED_META_KEYS}
-            unset = "<unset>"
-            diffs = [
-                f"{k}: store has {caller.get(k, unset)!r}, given {self.meta.get(k, unset)!r}"
-                for k in sorted(set(caller) | set(self.meta))
-                if caller.get(k, _MISSING) != self.meta.get(k, _MISSING)
-            ]
-            if diffs:
+            differing = self._differing_keys(caller)
+            if differing:
                 raise StoreMismatchError(
                     f"features store {d} was written with different settings: "
-                    + "; ".join(diffs)
-                    + ". Use another output directory, or the settings it was created with."
+                    + _describe_differences(caller, self.meta, differing)
+                    + ". Use another output directory, or the settings it was created with.",
+                    stored=caller,
+                    differing=differing,
                 )
             self._shards_dir.mkdir(exist_ok=True)
             return
@@ -420,6 +473,14 @@ class FeatureStoreWriter:
         write_bytes_atomic(d / _META_FILE, (json.dumps(header, indent=2) + "\n").encode("utf-8"))
         self._shards_dir.mkdir(exist_ok=True)
         fsync_dir(d)
+
+    def _differing_keys(self, stored: dict) -> list[str]:
+        """Keys of ``stored`` (a store's meta) and ours whose values differ, info keys aside."""
+        return [
+            k
+            for k in sorted(set(stored) | set(self.meta))
+            if k not in self.info_keys and stored.get(k, _MISSING) != self.meta.get(k, _MISSING)
+        ]
 
     def _repair_rejects_log(self) -> None:
         """Drop a torn last line of rejects.jsonl so new lines start on a line of their own."""
@@ -552,6 +613,98 @@ class FeatureStoreWriter:
             (self.out_dir / name).unlink(missing_ok=True)
         fsync_dir(self.out_dir)
         self._index_stale = True
+
+    # ----------------------------------------------------------------- absorbing other stores
+
+    def absorb(self, sources: Sequence[str | Path], order: Sequence[str] = ()) -> int:
+        """Move the finished shards and the rejects of the stores ``sources`` into this store,
+        then delete the sources; returns the number of shards moved.
+
+        The sources are stores written with this store's meta (info keys aside), such as the
+        stores of the processes of a multi-process encode (:mod:`raddino.features.ranks`).
+        Shards are renamed, not copied, in the order of their first path in ``order`` (paths
+        not in it last), so that ``index.csv`` lists the shards in the order one writer would
+        have written them. Each source's lock is taken first: a source still being written is
+        refused with ``OutputInUseError``. Killed at any point, every row is in exactly one
+        shard of this store or a source and every reject in one or both; absorbing again
+        finishes the move.
+        """
+        if self._finalized:
+            raise RuntimeError("absorb() after finalize()")
+        if not self._lock.held:
+            raise RuntimeError("absorb() after close()")
+        sources = [Path(source) for source in sources]
+        end = len(order)
+        position: dict[str, int] = {}
+        for i, p in enumerate(order):
+            position.setdefault(str(p), i)
+        locks: list[OutputLock] = []
+        try:
+            shards: list[tuple[int, int, int, Path, list[str]]] = []
+            rejects: list[tuple[str, str]] = []
+            for k, source in enumerate(sources):
+                locks.append(OutputLock(source).acquire())
+                if not self._check_source(source):
+                    continue
+                rejects += _read_rejects_log(source / _REJECTS_LOG)
+                for shard in _shard_dirs(source / _SHARDS_DIR):
+                    paths = json.loads((shard / _PATHS_FILE).read_text(encoding="utf-8"))
+                    first = position.get(paths[0], end) if paths else end
+                    shards.append((first, k, int(shard.name), shard, paths))
+            new_rejects = [(p, reason) for p, reason in rejects if p not in self.done]
+            if shards or new_rejects:
+                self._invalidate_index()
+            if new_rejects:  # before the sources are deleted: a kill leaves them in both
+                lines = "".join(
+                    json.dumps({"path": p, "reason": reason}) + "\n" for p, reason in new_rejects
+                )
+                with open(self._rejects_log, "ab") as f:
+                    f.write(lines.encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                self.done.update(p for p, _ in new_rejects)
+            moved = 0
+            for *_, shard, paths in sorted(shards, key=lambda item: item[:3]):
+                if paths and all(p in self.done for p in paths):
+                    continue  # already here: deleted with its source
+                target = self._shards_dir / f"{self._next_shard:05d}"
+                self._next_shard += 1
+                os.rename(shard, target)
+                fsync_dir(self._shards_dir)
+                fsync_dir(shard.parent)
+                self.done.update(paths)
+                if self._spec is None:
+                    self._spec = _read_spec(target)
+                moved += 1
+            for source in sources:
+                _delete_store_files(source)
+        finally:
+            for lock in locks:
+                lock.release()
+        for source in sources:
+            with contextlib.suppress(OSError):  # something else in it: left for the user
+                source.rmdir()
+        return moved
+
+    def _check_source(self, source: Path) -> bool:
+        """True when ``source`` is a store with our meta; False when it holds nothing yet (its
+        writer was killed before writing its meta); StoreMismatchError otherwise."""
+        if not (source / _META_FILE).exists():
+            if any(
+                not (p.name.startswith(TMP_PREFIX) or is_lock_file(p)) for p in source.iterdir()
+            ):
+                raise StoreMismatchError(f"{source} is not a raddino features store")
+            return False
+        stored = {k: v for k, v in _read_meta(source).items() if k not in _RESERVED_META_KEYS}
+        differing = self._differing_keys(stored)
+        if differing:
+            raise StoreMismatchError(
+                f"{source} was written with other settings than {self.out_dir}: "
+                + _describe_differences(stored, self.meta, differing),
+                stored=stored,
+                differing=differing,
+            )
+        return True
 
     # ----------------------------------------------------------------- finishing
 

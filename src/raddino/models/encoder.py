@@ -24,7 +24,8 @@ from raddino.data.preprocess import (
     read_uint8,
     resize_and_crop,
 )
-from raddino.models import formats
+from raddino.models import adapters, formats
+from raddino.models.adapters import AdapterConfig, ForeignBackbone
 from raddino.models.vit import BackboneOutput, VisionTransformer, ViTConfig
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -63,13 +64,16 @@ def to_uint8_chw(image: ImageLike) -> torch.Tensor:
 
 
 class RadDino(nn.Module):
-    """A RAD-DINO encoder: ``preprocess`` then a DINOv2 ViT.
+    """A RAD-DINO encoder: ``preprocess`` then a DINOv2 ViT (or a foreign encoder's backbone:
+    CLIP, SigLIP, timm; :mod:`raddino.models.adapters`).
 
     Outputs: CLS embedding (B, D) and a patch-token grid (B, D, h, w), 37 x 37 at 518 px.
     """
 
     def __init__(
-        self, backbone: VisionTransformer, preprocess_config: PreprocessConfig | None = None
+        self,
+        backbone: VisionTransformer | ForeignBackbone,
+        preprocess_config: PreprocessConfig | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -80,9 +84,11 @@ class RadDino(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: ViTConfig, preprocess_config: PreprocessConfig | None = None
+        cls, config: ViTConfig | AdapterConfig, preprocess_config: PreprocessConfig | None = None
     ) -> RadDino:
-        """A randomly initialised encoder."""
+        """A randomly initialised encoder (of a foreign architecture for an ``AdapterConfig``)."""
+        if isinstance(config, AdapterConfig):
+            return cls(adapters.build_backbone(config), preprocess_config)
         return cls(VisionTransformer(config), preprocess_config)
 
     @classmethod
@@ -94,11 +100,18 @@ class RadDino(nn.Module):
         preprocess_config: PreprocessConfig | None = None,
     ) -> RadDino:
         """Load a Hugging Face Dinov2 directory, an official DINOv2 state dict or a raddino run
-        directory (its latest checkpoint's teacher backbone; a contrastive run's image tower).
+        directory (its latest checkpoint's teacher backbone; a contrastive run's image tower);
+        or a foreign encoder: a transformers CLIP or SigLIP folder, a timm folder or
+        ``timm:MODEL_NAME:PATH`` (:mod:`raddino.models.adapters`, with that model's processor).
 
-        An HF directory's ``preprocessor_config.json`` sets the preprocessing; otherwise (and
-        for official files) RAD-DINO's processor is used unless ``preprocess_config`` is given.
+        The preprocessing, unless ``preprocess_config`` is given: an HF directory's
+        ``preprocessor_config.json``; an official file's sidecar (``NAME.json``, written by
+        :meth:`export`), else RAD-DINO's processor at the file's own size (its ``pos_embed``
+        grid times the patch size: 518 px for RAD-DINO); a run's final global-crop size.
         """
+        if adapters.adapter_family(path) is not None:
+            backbone, stored = adapters.load_adapter(path)
+            return cls(backbone, preprocess_config or stored).to(device)
         path = Path(path)
         kind = formats.detect_format(path)
         if kind == "hf":
@@ -106,8 +119,7 @@ class RadDino(nn.Module):
         elif kind == "run":
             config, state, stored = formats.load_run_directory(path)
         else:
-            config, state = formats.load_dinov2_file(path)
-            stored = None
+            config, state, stored = formats.load_dinov2_file(path)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         with torch.device("meta"):
             backbone = VisionTransformer(config)
@@ -117,6 +129,7 @@ class RadDino(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the Hugging Face format (loadable by ``transformers.AutoModel``)."""
+        self._require_own_vit("save_pretrained")
         directory = Path(directory)
         formats.save_hf_directory(
             self.backbone.state_dict(), self.config, self.preprocess_config, directory
@@ -124,19 +137,24 @@ class RadDino(nn.Module):
         return directory
 
     def export(self, path: str | os.PathLike, format: str = "hf") -> Path:
-        """``format='hf'``: a directory; ``format='dinov2'``: an official .safetensors/.pth file."""
+        """``format='hf'``: a directory; ``format='dinov2'``: an official .safetensors/.pth file
+        with its sidecar ``NAME.json`` (architecture, preprocessing). ``raddino export``
+        (:func:`raddino.models.export.export_model`) also writes a model card."""
         path = Path(path)
+        self._require_own_vit("export")
         if format == "hf":
             return self.save_pretrained(path)
         if format == "dinov2":
-            formats.save_dinov2_file(self.backbone.state_dict(), path)
+            formats.save_dinov2_file(
+                self.backbone.state_dict(), path, self.config, self.preprocess_config
+            )
             return path
         raise ValueError(f"unknown export format {format!r}; use 'hf' or 'dinov2'")
 
     # ------------------------------------------------------------------ properties
 
     @property
-    def config(self) -> ViTConfig:
+    def config(self) -> ViTConfig | AdapterConfig:
         return self.backbone.config
 
     @property
@@ -145,11 +163,18 @@ class RadDino(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.cls_token.device
+        return next(self.backbone.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.backbone.cls_token.dtype
+        return next(p.dtype for p in self.backbone.parameters() if p.is_floating_point())
+
+    def _require_own_vit(self, what: str) -> None:
+        if isinstance(self.backbone, ForeignBackbone):
+            raise ValueError(
+                f"{what} writes DINOv2 ViTs only; this is a {self.config.family} encoder "
+                f"({self.config.architecture}): use its own folder or file"
+            )
 
     # ------------------------------------------------------------------ preprocessing
 

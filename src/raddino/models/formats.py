@@ -2,7 +2,9 @@
 
 Our :class:`~raddino.models.vit.VisionTransformer` uses the official DINOv2 parameter names, so
 the official format is (almost) the identity and the Hugging Face format is a renaming plus the
-split of the fused ``qkv`` projection into ``query``/``key``/``value``.
+split of the fused ``qkv`` projection into ``query``/``key``/``value``. An official file holds
+only tensors: raddino writes the architecture and processor beside it (``NAME.json``, the
+sidecar) and reads them back when present.
 
 Nothing here unpickles: safetensors everywhere, ``.pth``/``.bin`` through
 ``torch.load(weights_only=True)``.
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from raddino.atomic import write_atomic, write_bytes_atomic
 from raddino.data.preprocess import PreprocessConfig
 from raddino.models.vit import ViTConfig
 
@@ -25,6 +28,7 @@ StateDict = dict[str, torch.Tensor]
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 DINOV2_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+DINOV2_WRITE_SUFFIXES = (".safetensors", ".pth", ".pt")
 # Official hub builder: non-register models resample with the legacy +0.1 offset, register
 # models with an exact size and antialiasing (dinov2/hub/backbones.py).
 _OFFICIAL_INTERPOLATION = {False: (0.1, False), True: (0.0, True)}
@@ -202,34 +206,122 @@ def infer_dinov2_config(tensors: StateDict, source: str, **overrides) -> ViTConf
     return ViTConfig(**fields)
 
 
-def load_dinov2_file(path: Path, **overrides) -> tuple[ViTConfig, StateDict]:
-    """Read an official DINOv2 backbone file (RAD-DINO's ``backbone_compatible.safetensors``)."""
+DINOV2_SIDECAR_FORMAT = "raddino-dinov2-sidecar"
+
+
+def dinov2_sidecar_path(path: Path) -> Path:
+    """``NAME.json`` beside ``NAME.safetensors`` / ``NAME.pth``: what an official file cannot
+    carry (the number of heads, the processor, the position-embedding convention)."""
+    return path.with_suffix(".json")
+
+
+def read_dinov2_sidecar(path: Path) -> dict | None:
+    """The sidecar of the weights file ``path`` (see :func:`save_dinov2_file`), or None when
+    there is none. A JSON file of that name that raddino did not write is not ours: ignored."""
+    sidecar = dinov2_sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightFormatError(
+            f"{sidecar}: unreadable sidecar of {path.name} ({error})"
+        ) from error
+    if not isinstance(data, dict) or data.get("format") != DINOV2_SIDECAR_FORMAT:
+        return None
+    return data
+
+
+def _is_our_sidecar(path: Path) -> bool:
+    try:
+        return read_dinov2_sidecar(path) is not None
+    except WeightFormatError:
+        return False
+
+
+def grid_preprocess(config: ViTConfig) -> PreprocessConfig:
+    """RAD-DINO's processor at the size of the position-embedding grid (grid x patch). For
+    RAD-DINO's own file (37 x 37 patches of 14 px) this is the default 518 px processor."""
+    size = config.image_size
+    return PreprocessConfig(shortest_edge=size, crop_height=size, crop_width=size)
+
+
+def _sidecar_settings(
+    data: dict, source: Path, overrides: dict
+) -> tuple[ViTConfig, PreprocessConfig]:
+    try:
+        config = ViTConfig(**{**data["vit_config"], **overrides})
+        preprocess = PreprocessConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in data["preprocess"].items()}
+        )
+    except KeyError as error:
+        raise WeightFormatError(f"{source}: the sidecar lacks {error.args[0]!r}") from error
+    except (TypeError, ValueError) as error:
+        raise WeightFormatError(f"{source}: invalid sidecar ({error})") from error
+    return config, preprocess
+
+
+def load_dinov2_file(path: Path, **overrides) -> tuple[ViTConfig, StateDict, PreprocessConfig]:
+    """Read an official DINOv2 backbone file (RAD-DINO's ``backbone_compatible.safetensors``):
+    architecture, weights and processor.
+
+    With a raddino sidecar (``NAME.json``, written by :func:`save_dinov2_file`) the architecture
+    and processor are the exported model's own. Without one the architecture is inferred from the
+    shapes (heads = dim / 64, as DINOv2) and the processor is RAD-DINO's at the grid's size.
+    """
     tensors = normalize_dinov2_keys(read_tensors(path))
-    config = infer_dinov2_config(tensors, str(path), **overrides)
+    sidecar = read_dinov2_sidecar(path)
+    if sidecar is None:
+        config = infer_dinov2_config(tensors, str(path), **overrides)
+        preprocess = grid_preprocess(config)
+    else:
+        config, preprocess = _sidecar_settings(sidecar, dinov2_sidecar_path(path), overrides)
     expected = expected_state_dict(config)
     if "mask_token" not in tensors and "mask_token" in expected:
         tensors["mask_token"] = torch.zeros(expected["mask_token"].shape)
     check_keys(expected, tensors, str(path))
-    return config, tensors
+    return config, tensors, preprocess
 
 
-def save_dinov2_file(state: StateDict, path: Path) -> None:
-    """Write an official-format backbone file (.safetensors, or .pth readable with weights_only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
-    if path.suffix == ".safetensors":
-        save_file(tensors, str(path), metadata={"format": "pt"})
-    elif path.suffix in (".pth", ".pt"):
-        torch.save(tensors, str(path))
-    else:
+def save_dinov2_file(
+    state: StateDict,
+    path: Path,
+    config: ViTConfig | None = None,
+    preprocess: PreprocessConfig | None = None,
+) -> None:
+    """Write an official-format backbone file (.safetensors, or .pth readable with weights_only).
+
+    With ``config``, a sidecar ``NAME.json`` (the ViTConfig and the processor) is written first,
+    so :func:`load_dinov2_file` gives back the same model at any size. Without it, a sidecar of
+    ours left beside ``path`` is deleted: it would describe other weights. Each file is written
+    atomically.
+    """
+    if path.suffix not in DINOV2_WRITE_SUFFIXES:
         raise WeightFormatError(
             f"{path}: use a .safetensors or .pth file name for the DINOv2 format"
         )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = dinov2_sidecar_path(path)
+    if config is not None:
+        data = {
+            "format": DINOV2_SIDECAR_FORMAT,
+            "version": 1,
+            "vit_config": config.to_dict(),
+            "preprocess": (preprocess or grid_preprocess(config)).to_dict(),
+        }
+        write_bytes_atomic(sidecar, (json.dumps(data, indent=2) + "\n").encode())
+    elif _is_our_sidecar(path):
+        sidecar.unlink()
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    if path.suffix == ".safetensors":
+        write_atomic(path, lambda temp: save_file(tensors, str(temp), metadata={"format": "pt"}))
+    else:
+        write_atomic(path, lambda temp: torch.save(tensors, str(temp)))
 
 
 # --------------------------------------------------------------------------- Hugging Face
 
-_HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 # The architecture fields of microsoft/rad-dino's config.json (a transformers Dinov2Config).
 RAD_DINO_HF_CONFIG = {
     "hidden_size": 768,
@@ -290,10 +382,10 @@ _HF_GATE_UP = re.compile(r"^encoder\.layer\.(\d+)\.mlp\.(gate_proj|up_proj)\.(we
 def vit_config_from_hf(hf: dict, source: str) -> ViTConfig:
     """ViTConfig from a transformers Dinov2 / Dinov2WithRegisters ``config.json`` dict."""
     model_type = hf.get("model_type")
-    if model_type not in _HF_MODEL_TYPES:
+    if model_type not in DINOV2_MODEL_TYPES:
         raise WeightFormatError(
             f"{source}: model_type {model_type!r} is not a DINOv2 model "
-            f"(expected one of {_HF_MODEL_TYPES})"
+            f"(expected one of {DINOV2_MODEL_TYPES})"
         )
     if hf.get("hidden_act", "gelu") != "gelu":
         raise WeightFormatError(
@@ -477,10 +569,12 @@ def latest_run_checkpoint(run_dir: Path) -> Path:
     return found[-1][1]
 
 
-def _read_run_state(run_dir: Path) -> dict:
+def read_run_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """The path and state of a run's latest checkpoint (read once: a run still training may
+    write a newer one meanwhile)."""
     path = latest_run_checkpoint(run_dir)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return path, torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise WeightFormatError(
             f"{path}: unreadable checkpoint ({torch_load_error(error)})"
@@ -492,36 +586,47 @@ RUN_BACKBONE_PREFIXES = {"dino": "teacher.backbone.", "contrastive": "vision."}
 EMA teacher, the language-supervised recipe's image tower (without its projection)."""
 
 
-def load_run_directory(run_dir: Path) -> tuple[ViTConfig, StateDict, PreprocessConfig]:
-    """The released backbone of a run's latest checkpoint (the teacher of an image-only run, as
-    DINOv2 releases; the image tower of a contrastive run), and a processor at the run's final
-    global-crop size with RAD-DINO's normalisation."""
-    state = _read_run_state(run_dir)
+def run_recipe(state: dict, source: str) -> str:
+    """The recipe of a run checkpoint's state: ``dino`` (image-only) or ``contrastive``."""
     recipe = state.get("recipe", "dino")
     if recipe not in RUN_BACKBONE_PREFIXES:
-        raise WeightFormatError(f"{run_dir}: checkpoint of an unknown recipe {recipe!r}")
+        raise WeightFormatError(f"{source}: checkpoint of an unknown recipe {recipe!r}")
+    return recipe
+
+
+def run_backbone(state: dict, source: str) -> tuple[ViTConfig, StateDict, PreprocessConfig]:
+    """The released backbone of a run checkpoint's state (see :func:`load_run_directory`)."""
+    recipe = run_recipe(state, source)
     crops = state.get("config", {}).get("crops", {})
     size = crops.get("high_res_size") or crops.get("global_size") or 518
     preprocess = PreprocessConfig(shortest_edge=size, crop_height=size, crop_width=size)
     try:
         config = ViTConfig(**state["backbone_config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise WeightFormatError(f"{run_dir}: checkpoint lacks a valid backbone config") from error
+        raise WeightFormatError(f"{source}: checkpoint lacks a valid backbone config") from error
     prefix = RUN_BACKBONE_PREFIXES[recipe]
     tensors = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    check_keys(expected_state_dict(config), tensors, str(run_dir))
+    check_keys(expected_state_dict(config), tensors, source)
     return config, tensors, preprocess
 
 
-def load_run_head(run_dir: Path) -> StateDict:
-    """The teacher's DINO head of a run's latest checkpoint, in the official key layout (empty
+def run_head(state: dict) -> StateDict:
+    """The teacher's DINO head of a run checkpoint's state, in the official key layout (empty
     for a contrastive run, which has none)."""
     prefix = "teacher.dino_head."
-    return {
-        k[len(prefix) :]: v
-        for k, v in _read_run_state(run_dir)["model"].items()
-        if k.startswith(prefix)
-    }
+    return {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+
+
+def load_run_directory(run_dir: Path) -> tuple[ViTConfig, StateDict, PreprocessConfig]:
+    """The released backbone of a run's latest checkpoint (the teacher of an image-only run, as
+    DINOv2 releases; the image tower of a contrastive run), and a processor at the run's final
+    global-crop size with RAD-DINO's normalisation."""
+    return run_backbone(read_run_checkpoint(run_dir)[1], str(run_dir))
+
+
+def load_run_head(run_dir: Path) -> StateDict:
+    """The teacher's DINO head of a run's latest checkpoint (see :func:`run_head`)."""
+    return run_head(read_run_checkpoint(run_dir)[1])
 
 
 def detect_format(path: Path) -> str:

@@ -7,7 +7,8 @@ unit-tested with fake capabilities, and returns its reason for the user:
   (:func:`~raddino.precision.auto_dtype`), here applied to the probed hardware; a requested
   precision the hardware only emulates is flagged.
 - :func:`choose_compile`: ``auto`` = ``onednn`` (the model traced with TorchScript and fused by
-  oneDNN Graph) on CPUs for jobs of :data:`COMPILE_MIN_IMAGES` images or more, off on GPUs.
+  oneDNN Graph) on CPUs for jobs of :data:`COMPILE_MIN_IMAGES` images or more, off on GPUs and
+  for foreign encoders (CLIP, SigLIP, timm: :func:`onednn_traceable`).
 
 Measured speed and accuracy of each mode: ``docs/encoding.md``.
 """
@@ -21,8 +22,10 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from raddino.devices import cpuinfo_field, has_native_bf16
+from raddino.models.vit import VisionTransformer
 from raddino.precision import auto_dtype, short_name
 
 COMPILE_CHOICES = ("auto", "off", "onednn", "inductor")
@@ -141,8 +144,19 @@ def choose_dtype(requested: torch.dtype | None, hardware: Hardware) -> Choice:
     )
 
 
+def onednn_traceable(backbone: nn.Module) -> bool:
+    """The oneDNN Graph path traces raddino's own ViT (its attention switched to explicit
+    matmuls, ``block.attn.impl``); foreign encoders' backbones run eagerly or with inductor."""
+    return isinstance(backbone, VisionTransformer)
+
+
 def choose_compile(
-    requested: str, hardware: Hardware, dtype: torch.dtype, num_images: int
+    requested: str,
+    hardware: Hardware,
+    dtype: torch.dtype,
+    num_images: int,
+    *,
+    traceable: bool = True,
 ) -> Choice:
     """How to compile: ``value`` is ``"off"``, ``"onednn"`` or ``"inductor"``.
 
@@ -150,16 +164,26 @@ def choose_compile(
     more; off otherwise, also where the fuser is missing (``inductor`` measured within 5% of
     eager on CPU, so it is no better fallback), and on GPUs (where decoding rather than the
     model limits ``raddino encode``; ``inductor`` is there to try). ``num_images`` is the whole
-    job's size, so a resumed run picks the mode of the first run.
+    job's size, so a resumed run picks the mode of the first run. ``traceable``: the backbone
+    is raddino's ViT (:func:`onednn_traceable`); a foreign one is never given ``onednn``.
     """
     if requested not in COMPILE_CHOICES:
         raise ValueError(f"compile {requested!r}: choose {', '.join(COMPILE_CHOICES)}")
     if requested == "onednn" and hardware.device_type != "cpu":
         raise ValueError("compile 'onednn' runs on CPU only; use 'inductor' or 'off'")
+    if requested == "onednn" and not traceable:
+        raise ValueError(
+            "compile 'onednn' traces raddino's own ViT only; use 'off' or 'inductor' for a "
+            "CLIP, SigLIP or timm encoder"
+        )
     if requested != "auto":
         return Choice(requested, "requested")
     if hardware.device_type != "cpu":
         return Choice("off", f"auto: not used on {hardware.device_type}")
+    if not traceable:
+        return Choice(
+            "off", "auto: oneDNN Graph traces raddino's own ViT only; this encoder runs eagerly"
+        )
     if not hardware.onednn_graph:
         return Choice("off", "auto: no oneDNN Graph fuser (this torch build, or Python 3.14+)")
     if dtype == torch.float16:

@@ -105,7 +105,7 @@ def read_valid_checkpoint(path: Path, step: int | None = None) -> dict:
 
 
 def load_latest_checkpoint(run_dir: Path) -> tuple[Path, dict]:
-    """The newest checkpoint of ``run_dir`` that loads, and its state (what ``--resume`` uses).
+    """The newest checkpoint of ``run_dir`` that loads, and its state (where a run resumes).
 
     Each newer checkpoint that does not load is skipped with a one-line warning on stderr that
     names it (it is replaced when the run reaches its step again). Raises ``ValueError`` when

@@ -1,7 +1,8 @@
 """What every pre-training loop shares, whichever its recipe (image-only DINOv2, contrastive).
 
-A run directory held by one writer, refused when it holds a run and ``--resume`` was not given,
-resumed from its newest loadable checkpoint of the same recipe; the training precision and its
+A run directory held by one writer, refused when it holds a run and ``resume`` was not asked for,
+resumed from its newest loadable checkpoint of the same recipe and settings (those of
+:data:`RESUMABLE_CHANGES` may change); the training precision and its
 autocast; seeds and RNG states (one per process, gathered into each checkpoint); the optimiser
 step with or without fp16's gradient scaler; the stop on a non-finite loss; the line that
 describes a run when it starts.
@@ -30,7 +31,22 @@ class TrainingDivergedError(RuntimeError):
 
 
 class RunExistsError(ValueError):
-    """The output directory already holds a run and --resume was not given."""
+    """The output directory already holds a run and the caller did not ask to resume it."""
+
+
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.steps",  # extend a finished run
+        "train.device",  # move a run to another machine
+        "train.num_workers",
+        "train.checkpoint_every",
+        "train.keep_last",
+        "train.log_every",
+        "train.tensorboard",
+    }
+)
+"""Settings a resumed run may change: how long, where and how often it saves or logs. Every
+other setting changes what is trained, so continuing a run with it would mix two runs."""
 
 
 @dataclass
@@ -97,22 +113,65 @@ def existing_run(run_dir: Path, resume: bool) -> Path | None:
     existing = latest_checkpoint(run_dir)
     if existing is not None and not resume:
         raise RunExistsError(
-            f"{run_dir} already holds a run ({existing.name}); pass --resume to continue it "
-            "or choose another --out"
+            f"{run_dir} already holds a run ({existing.name}); resume it or choose another "
+            "output directory"
         )
     return existing
 
 
-def resume_state(run_dir: Path, recipe: str) -> tuple[Path, dict]:
+def resume_state(run_dir: Path, recipe: str, config: Mapping) -> tuple[Path, dict]:
     """The newest loadable checkpoint (damaged newer ones skipped) and its state; a checkpoint
-    another recipe wrote is refused in one line."""
+    another recipe wrote, or one trained with other settings than ``config`` (the resolved
+    config as a dict) beyond :data:`RESUMABLE_CHANGES`, is refused in one line."""
     path, state = load_latest_checkpoint(run_dir)
     written = state.get("recipe", "dino")
     if written != recipe:
         raise ValueError(
             f"{path}: a checkpoint of recipe={written}; resume it with that recipe's config"
         )
+    check_same_settings(state.get("config", {}), config, run_dir)
     return path, state
+
+
+def check_same_settings(written: Mapping, config: Mapping, run_dir: Path) -> None:
+    """Refuse to continue the run in ``run_dir`` (its checkpoint's config ``written``) with
+    ``config`` when a setting outside :data:`RESUMABLE_CHANGES` differs; precision names are
+    compared as dtypes. Keys only one side has (a setting added in a later raddino) pass."""
+    old, new = _flatten(written), _flatten(config)
+    changed = []
+    for key in sorted(old.keys() & new.keys()):
+        before, after = old[key], new[key]
+        if key.endswith(".precision"):
+            before, after = _precision(before), _precision(after)
+        if key not in RESUMABLE_CHANGES and before != after:
+            changed.append(f"{key} {old[key]!r} -> {new[key]!r}")
+    if changed:
+        shown = "; ".join(changed[:4]) + (
+            f"; ... ({len(changed) - 4} more)" if len(changed) > 4 else ""
+        )
+        raise ValueError(
+            f"{run_dir}: holds a run trained with other settings ({shown}); continue it with its "
+            "own config (config.yaml in that folder) or choose another output directory"
+        )
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict[str, object]:
+    """{"train": {"steps": 5}} -> {"train.steps": 5}; lists become tuples."""
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _precision(name: object) -> object:
+    try:
+        return parse_dtype(str(name))
+    except ValueError:
+        return name
 
 
 def restore_loop_state(

@@ -205,7 +205,7 @@ def _train(
 
     start_step = 0
     if existing is not None:
-        existing, state = resume_state(run_dir, config.recipe)
+        existing, state = resume_state(run_dir, config.recipe, config.to_dict())
         if state.get("sharded", False) != sharded:
             written = "fsdp" if state.get("sharded") else "ddp"
             raise ValueError(

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from raddino.data.preprocess import PreprocessConfig, shortest_edge_size
+from raddino.data.preprocess import PreprocessConfig, crop_start, resized_size
+from raddino.features.store import ShardedArray
 from raddino.models.encoder import ImageLike, RadDino
 from raddino.viz.tokens import encode_patches, grey, model_view, save_figure_atomic
 
 HEATMAP_CMAP = "turbo"
 HEATMAP_ALPHA = 0.5
+NORM_EPS = 1e-12  # F.normalize's default eps: the smallest norm a token is divided by
 
 
 class PointOutsideError(ValueError):
@@ -46,11 +48,11 @@ class SimilarityMaps:
     query_map: np.ndarray
 
 
-def _crop_offset(resized: int, crop: int) -> int:
+def _crop_offset(resized: int, crop: int, config: PreprocessConfig) -> int:
     """Where the crop's first pixel lies in the resized image (negative: zero padding)."""
     if crop > resized:
         return -((crop - resized) // 2)
-    return int((resized - crop) / 2.0)
+    return crop_start(resized, crop, config.crop_rounding)
 
 
 def point_to_patch(
@@ -63,8 +65,9 @@ def point_to_patch(
 
     ``x`` is the column and ``y`` the row, pixel centres at integers (fractions allowed);
     ``image_size`` is the original (height, width). The point goes through the processor's
-    shortest-edge resize (``u = (x + 0.5) * resized_w / width``, the mapping torchvision's resize
-    uses) and centre crop (or padding), then ``col = floor((u - left) / patch_size)``.
+    resize (shortest edge or exact size; ``u = (x + 0.5) * resized_w / width``, the mapping
+    torchvision's resize uses) and centre crop (or padding; ``left`` rounded as the processor
+    rounds it), then ``col = floor((u - left) / patch_size)``.
     Raises :class:`PointOutsideError` (a ValueError) when the point is off the image or cut
     away by the crop.
     """
@@ -77,16 +80,13 @@ def point_to_patch(
             f"point ({x:g}, {y:g}) is outside the image: x must be in [0, {width - 1}] and "
             f"y in [0, {height - 1}] for a {width}x{height} (width x height) image"
         )
-    if config.do_resize:
-        resized_h, resized_w = shortest_edge_size(height, width, config.shortest_edge)
-    else:
-        resized_h, resized_w = height, width
+    resized_h, resized_w = resized_size(height, width, config)
     if config.do_center_crop:
         crop_h, crop_w = config.crop_height, config.crop_width
     else:
         crop_h, crop_w = resized_h, resized_w
-    u = (x + 0.5) * resized_w / width - _crop_offset(resized_w, crop_w)
-    v = (y + 0.5) * resized_h / height - _crop_offset(resized_h, crop_h)
+    u = (x + 0.5) * resized_w / width - _crop_offset(resized_w, crop_w, config)
+    v = (y + 0.5) * resized_h / height - _crop_offset(resized_h, crop_h, config)
     grid_h, grid_w = crop_h // patch_size, crop_w // patch_size
     col, row = math.floor(u / patch_size), math.floor(v / patch_size)
     if not (0 <= row < grid_h and 0 <= col < grid_w):
@@ -133,6 +133,84 @@ def patch_similarity(
     )
 
 
+def similarity_to_grids(
+    query: np.ndarray, grids: np.ndarray | Sequence[np.ndarray] | ShardedArray
+) -> np.ndarray:
+    """Cosine similarity of one token to every token of stored grids: the maps of
+    :func:`patch_similarity`, computed from a features store instead of the model.
+
+    ``query``: (D,); ``grids``: (n, D, h, w) in the store's layout, an array, a memory-mapped
+    :class:`~raddino.features.store.ShardedArray` or a sequence of (D, h, w) arrays. Grids are
+    read one at a time, so a memory-mapped store is never copied whole. Returns (n, h, w)
+    float32 in [-1, 1]; both sides are normalised as ``F.normalize`` does (norms below 1e-12
+    count as 1e-12), so a zero token has similarity 0 everywhere.
+    """
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    unit = query / max(float(np.linalg.norm(query.astype(np.float64))), NORM_EPS)
+    unit = unit.astype(np.float32)
+    count = len(grids)
+    maps: np.ndarray | None = None
+    for index in range(count):
+        grid = np.asarray(grids[index], dtype=np.float32)
+        if grid.ndim != 3 or grid.shape[0] != unit.shape[0]:
+            raise ValueError(
+                f"grid {index} has shape {grid.shape}; expected ({unit.shape[0]}, h, w) for a "
+                f"{unit.shape[0]}-dim query token"
+            )
+        if maps is None:
+            maps = np.empty((count, *grid.shape[1:]), np.float32)
+        elif grid.shape[1:] != maps.shape[1:]:
+            raise ValueError(f"grid {index} is {grid.shape[1:]}, the first {maps.shape[1:]}")
+        flat = grid.reshape(grid.shape[0], -1)  # (D, h*w)
+        # einsum, not BLAS: one thread, so a busy second core cannot stall it (on a loaded
+        # 2-core machine OpenBLAS's two-thread gemv took 8-16 ms a grid, einsum 0.1-0.2 ms)
+        norms = np.sqrt(np.einsum("dk,dk->k", flat, flat))
+        cosine = np.einsum("d,dk->k", unit, flat) / np.maximum(norms, NORM_EPS)
+        maps[index] = np.clip(cosine, -1.0, 1.0).reshape(grid.shape[1:])
+    if maps is None:
+        return np.zeros((0, 0, 0), np.float32)
+    return maps
+
+
+def similarity_maps_from_tokens(
+    query_image: np.ndarray,
+    query_grid: np.ndarray,
+    query_patch: tuple[int, int],
+    target_images: Sequence[np.ndarray],
+    target_grids: np.ndarray | Sequence[np.ndarray] | ShardedArray,
+) -> SimilarityMaps:
+    """:class:`SimilarityMaps` from stored tokens, as :func:`patch_similarity` makes them with
+    the model: the same figure (:func:`save_similarity_figure`) from a features store.
+
+    ``query_image`` / ``target_images``: the model's views, uint8 (H, W); ``query_grid``:
+    (D, h, w) tokens of the query; ``target_grids``: (n, D, h, w); ``query_patch``: (row, col).
+    """
+    row, col = query_patch
+    height, width = query_grid.shape[1:]
+    if not (0 <= row < height and 0 <= col < width):
+        raise PointOutsideError(f"patch (row {row}, col {col}) is off the {height}x{width} grid")
+    if len(target_images) != len(target_grids):
+        raise ValueError(f"{len(target_images)} target views for {len(target_grids)} grids")
+    query = np.asarray(query_grid[:, row, col], dtype=np.float32)
+    return SimilarityMaps(
+        query_image=query_image,
+        query_patch=(row, col),
+        target_images=list(target_images),
+        maps=list(similarity_to_grids(query, target_grids)),
+        query_map=similarity_to_grids(query, [query_grid])[0],
+    )
+
+
+def similarity_titles(
+    query_name: str, target_names: Sequence[str], maps: SimilarityMaps
+) -> list[str]:
+    """Panel titles of ``raddino similarity``'s figure: the query's file name, then each
+    target's with the maximum of its map."""
+    return [f"{query_name} (query)"] + [
+        f"{name} (max {grid.max():.2f})" for name, grid in zip(target_names, maps.maps, strict=True)
+    ]
+
+
 def upsample_bilinear(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) map -> (H, W) by bilinear interpolation (half-pixel centres), float32."""
     tensor = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float32))[None, None]
@@ -142,13 +220,18 @@ def upsample_bilinear(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def save_similarity_figure(
     maps: SimilarityMaps, out: Path, *, titles: Sequence[str] | None = None
 ) -> Path:
+    """:func:`similarity_figure` written to ``out``; the format follows its suffix (.png, .pdf,
+    .svg...); the file is written atomically."""
+    return save_figure_atomic(similarity_figure(maps, titles=titles), Path(out))
+
+
+def similarity_figure(maps: SimilarityMaps, *, titles: Sequence[str] | None = None) -> Figure:
     """One row: the query view with its patch outlined, then each target view with its map.
 
     Maps are bilinearly upsampled to the view and alpha-blended over it; a cross marks each
     target's most similar patch. All targets share one colour scale (their overall minimum to
     maximum, shown by the colour bar) so colours compare across panels. ``titles``, when
-    given, name every panel, query first. The format follows ``out``'s suffix (.png, .pdf,
-    .svg...); the file is written atomically.
+    given, name every panel, query first.
     """
     count = 1 + len(maps.maps)
     if titles is not None and len(titles) != count:
@@ -208,4 +291,4 @@ def save_similarity_figure(
             axis.set_title(title, fontsize=9)
         colorbar = figure.colorbar(shown, ax=list(axes), shrink=0.8)
         colorbar.set_label("cosine similarity to the query patch")
-    return save_figure_atomic(figure, Path(out))
+    return figure

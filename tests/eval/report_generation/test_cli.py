@@ -37,7 +37,7 @@ def test_report_commands_end_to_end(tmp_path, tiny_encoder_dir, pair_manifest, c
             [
                 "report",
                 "train",
-                "--encoder",
+                "--model",
                 str(tiny_encoder_dir),
                 "--lm",
                 str(lm),
@@ -63,7 +63,7 @@ def test_report_commands_end_to_end(tmp_path, tiny_encoder_dir, pair_manifest, c
             [
                 "report",
                 "generate",
-                "--run",
+                "--model",
                 str(run),
                 "--manifest",
                 str(pair_manifest),
@@ -107,7 +107,7 @@ def test_user_errors_exit_with_2(tmp_path, pair_manifest, capsys):
         [
             "report",
             "train",
-            "--encoder",
+            "--model",
             str(tmp_path),
             "--lm",
             str(bad),
