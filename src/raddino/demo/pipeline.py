@@ -31,10 +31,10 @@ from raddino.demo.stages import (
     StageContext,
     StageOutcome,
     StageRunner,
+    run_holding_lock,
     stage_log,
     write_json_atomic,
 )
-from raddino.output_lock import OutputLock
 from raddino.ssl.config import PretrainConfig, load_config
 
 if TYPE_CHECKING:
@@ -479,32 +479,7 @@ class Demo:
 
     def run(self) -> list[StageOutcome]:
         """Run the stages while holding the demo folder's output lock (one demo per folder)."""
-        with OutputLock(self.paths.root):
-            began = time.perf_counter()
-            outcomes: list[StageOutcome] = []
-            try:
-                outcomes = self.runner.run(self.stages())
-            finally:
-                self.write_timings(outcomes, time.perf_counter() - began)
-        return outcomes
-
-    def write_timings(self, outcomes: list[StageOutcome], seconds: float) -> None:
-        """``OUT/timings.json``: every stage, with this run's and its last run's seconds."""
-        stages = {}
-        for stage in self.stages():
-            marker = self.runner.marker(stage.name)
-            outcome = next((x for x in outcomes if x.name == stage.name), None)
-            stages[stage.name] = {
-                "status": outcome.status
-                if outcome
-                else ("disabled" if not stage.enabled else "not run"),
-                "seconds": outcome.seconds if outcome else 0.0,
-                "last_run_seconds": marker.get("seconds") if marker else None,
-                "finished": marker.get("finished") if marker else None,
-            }
-        write_json_atomic(
-            self.paths.timings, {"total_seconds": round(seconds, 3), "stages": stages}
-        )
+        return run_holding_lock(self.runner, self.stages(), self.paths.root, self.paths.timings)
 
 
 def _report_headline(scores: dict) -> dict:

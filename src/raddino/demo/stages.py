@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from raddino.atomic import write_atomic
+from raddino.output_lock import OutputLock
 
 STAGES_DIR = "stages"
 
@@ -237,3 +238,48 @@ def stage_log(line: str) -> None:
     """The default progress printer: stdout, flushed (progress bars go to stderr)."""
     print(line, flush=True)
     sys.stderr.flush()
+
+
+def run_holding_lock(
+    runner: StageRunner, stages: Sequence[Stage], root: Path, timings: Path
+) -> list[StageOutcome]:
+    """Run ``stages`` while holding ``root``'s output lock (one writer per folder); write
+    ``timings`` afterwards, also when a stage fails (:func:`write_timings`)."""
+    with OutputLock(root):
+        began = time.perf_counter()
+        outcomes: list[StageOutcome] = []
+        try:
+            outcomes = runner.run(stages)
+        finally:
+            write_timings(timings, runner, stages, outcomes, time.perf_counter() - began)
+    return outcomes
+
+
+def write_timings(
+    path: Path,
+    runner: StageRunner,
+    stages: Sequence[Stage],
+    outcomes: Sequence[StageOutcome],
+    seconds: float,
+) -> Path:
+    """``timings.json``: every stage with its status and seconds in this invocation and its last
+    run's seconds; ``total_seconds`` (this invocation) and ``stages_seconds`` (the sum of the last
+    runs: the wall time of an uninterrupted run)."""
+    entries = {}
+    for stage in stages:
+        marker = runner.marker(stage.name)
+        outcome = next((x for x in outcomes if x.name == stage.name), None)
+        status = outcome.status if outcome else ("disabled" if not stage.enabled else "not run")
+        entries[stage.name] = {
+            "status": status,
+            "seconds": outcome.seconds if outcome else 0.0,
+            "last_run_seconds": marker.get("seconds") if marker else None,
+            "finished": marker.get("finished") if marker else None,
+        }
+    total = sum(entry["last_run_seconds"] or 0.0 for entry in entries.values())
+    data = {
+        "total_seconds": round(seconds, 3),
+        "stages_seconds": round(total, 3),
+        "stages": entries,
+    }
+    return write_json_atomic(path, data)

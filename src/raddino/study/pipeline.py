@@ -26,10 +26,10 @@ from raddino.demo.stages import (
     StageOutcome,
     StageRunner,
     read_json,
+    run_holding_lock,
     stage_log,
     write_json_atomic,
 )
-from raddino.output_lock import OutputLock
 from raddino.study import plan as planning
 from raddino.study.options import StudyOptions, StudyPaths
 from raddino.study.plan import ArmPlan
@@ -376,40 +376,11 @@ class Study:
 
     def run(self) -> list[StageOutcome]:
         """Run the stages while holding the study folder's output lock (one writer per folder)."""
-        with OutputLock(self.paths.root):
-            began = time.perf_counter()
-            outcomes: list[StageOutcome] = []
-            try:
-                outcomes = self.runner.run(self.stages())
-            finally:
-                self.write_timings(outcomes, time.perf_counter() - began)
-        return outcomes
+        return run_holding_lock(self.runner, self.stages(), self.paths.root, self.paths.timings)
 
     def planned_seconds(self) -> float:
         """Seconds of work left (0 when every stage is cached)."""
         return self.runner.planned_seconds(self.stages(), {})
-
-    def write_timings(self, outcomes: list[StageOutcome], seconds: float) -> None:
-        """``OUT/timings.json``: every stage, this invocation's and its last run's seconds, and
-        the sum of the last runs (the study's wall time when it ran without interruption)."""
-        stages = {}
-        for stage in self.stages():
-            marker = self.runner.marker(stage.name)
-            outcome = next((x for x in outcomes if x.name == stage.name), None)
-            stages[stage.name] = {
-                "status": outcome.status if outcome else "not run",
-                "seconds": outcome.seconds if outcome else 0.0,
-                "last_run_seconds": marker.get("seconds") if marker else None,
-            }
-        total = sum(s["last_run_seconds"] or 0.0 for s in stages.values())
-        write_json_atomic(
-            self.paths.timings,
-            {
-                "total_seconds": round(seconds, 3),
-                "stages_seconds": round(total, 3),
-                "stages": stages,
-            },
-        )
 
 
 def _value(row) -> float | None:
