@@ -28,8 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "pretrain",
         help=HELP,
         description=HELP + ". Runs unchanged under torchrun (DDP). Re-running the command "
-        "continues the run in --out from its newest checkpoint (the config given applies, e.g. "
-        "a larger train.steps); for a new run choose a new --out.",
+        "continues the run in --out from its newest checkpoint with the config given, which may "
+        "change train.steps (e.g. to extend the run), the device, workers, checkpoint and "
+        "logging frequency, and nothing else (refused: use the run's config.yaml); for a new run "
+        "choose a new --out.",
         examples=EXAMPLES,
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
