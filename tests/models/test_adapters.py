@@ -399,3 +399,12 @@ def test_another_image_size_resamples_hf_position_embeddings_and_fixed_timm_refu
     timm_model = EncoderSpec(str(timm_models["timm"][0]), image_size=48).load()
     with pytest.raises(ValueError, match="takes 32x32 inputs, got 48x48"):
         timm_model.backbone(images)
+
+
+def test_a_foreign_encoder_cannot_initialise_pre_training(hf_towers):
+    """model.init loads raddino's ViT; a CLIP tower would otherwise fail deep inside
+    load_state_dict (or, for the contrastive recipe, somewhere less clear)."""
+    from raddino.ssl.run import initial_backbone
+
+    with pytest.raises(ValueError, match=r"model.init=.*a clip encoder cannot initialise"):
+        initial_backbone(str(hf_towers["clip"][0]))

@@ -47,6 +47,7 @@ from raddino.ssl.run import (
     gathered_rng_states,
     gradient_scaler,
     hold_run_directory,
+    initial_backbone,
     optimizer_step,
     restore_loop_state,
     resume_state,
@@ -62,9 +63,7 @@ def build_model(config: ContrastiveConfig, tokenizer: Tokenizer) -> ImageTextMod
     """Both towers; the image tower from ``model.init`` when set (as the image-only recipe)."""
     initial = None
     if config.model.init:
-        from raddino.models.encoder import RadDino
-
-        initial = RadDino.from_pretrained(config.model.init).backbone
+        initial = initial_backbone(config.model.init)
     model = ImageTextModel(
         backbone_config(config, initial.config if initial is not None else None),
         config.text,

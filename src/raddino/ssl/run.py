@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raddino.models.vit import VisionTransformer
 from raddino.output_lock import OutputLock
 from raddino.precision import parse_dtype, resolve_dtype, short_name
 from raddino.ssl import distributed
@@ -278,3 +279,18 @@ def describe_run(
         f"1024), steps {start_step} -> {train.steps}, device {env.device}, "
         f"{short_name(precision)}{auto}"
     )
+
+
+def initial_backbone(init: str) -> VisionTransformer:
+    """``model.init``'s weights as raddino's ViT (a Hugging Face Dinov2 directory, a DINOv2 file
+    or a run); a foreign encoder (CLIP, SigLIP, timm) is refused in one line: pre-training trains
+    raddino's ViT, and another library's architecture cannot be loaded into it."""
+    from raddino.models.encoder import RadDino
+
+    backbone = RadDino.from_pretrained(init).backbone
+    if not isinstance(backbone, VisionTransformer):
+        raise ValueError(
+            f"model.init={init}: a {backbone.config.family} encoder cannot initialise raddino's "
+            "ViT; give a Hugging Face Dinov2 directory, a DINOv2 file or a raddino run"
+        )
+    return backbone

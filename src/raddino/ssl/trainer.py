@@ -37,6 +37,7 @@ from raddino.ssl.run import (
     gathered_rng_states,
     gradient_scaler,
     hold_run_directory,
+    initial_backbone,
     optimizer_step,
     restore_loop_state,
     resume_state,
@@ -74,9 +75,7 @@ def build_meta(config: PretrainConfig) -> StudentTeacher:
     """Student and teacher, initialised from ``model.init`` / ``model.init_head`` if set."""
     initial = None
     if config.model.init:
-        from raddino.models.encoder import RadDino
-
-        initial = RadDino.from_pretrained(config.model.init).backbone
+        initial = initial_backbone(config.model.init)
     meta = StudentTeacher(
         backbone_config(config, initial.config if initial is not None else None),
         head_config(config),
