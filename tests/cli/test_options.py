@@ -94,3 +94,25 @@ def test_pretrain_takes_a_preset_by_name_from_any_directory(tmp_path: Path, monk
     assert "no --config" not in err and "no such config file" not in err
     assert main(["pretrain", "--config", "tiny_gpu", "--data", str(empty), "--out", "run"]) == 2
     assert "--config tiny_gpu: no such config file" in capsys.readouterr().err
+
+
+def test_a_failed_stage_is_one_line_for_bad_input_and_a_traceback_otherwise(tmp_path, capsys):
+    """``raddino demo`` and ``study`` report a failed stage the same way (one function)."""
+    from raddino.cli.options import report_stage_error
+    from raddino.demo.stages import StageError
+
+    bad_input = StageError("cohort", 1.0, ValueError("manifest.csv: no split column"))
+    assert report_stage_error("study", bad_input, tmp_path) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "raddino study: error: stage 'cohort' failed after 1.0 s: ValueError: manifest.csv: "
+        "no split column",
+        f"finished stages are kept in {tmp_path / 'stages'}; re-run the same command to continue",
+    ]
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as cause:
+        crash = StageError("evaluate", 2.0, cause)
+    assert report_stage_error("demo", crash, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "raddino demo: error: stage 'evaluate'" in err

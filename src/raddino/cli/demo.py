@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import traceback
 from typing import TYPE_CHECKING
 
 from raddino.cli.options import (
@@ -12,6 +10,7 @@ from raddino.cli.options import (
     add_device_argument,
     add_progress_argument,
     add_seed_argument,
+    report_stage_error,
 )
 
 if TYPE_CHECKING:
@@ -184,15 +183,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcomes = demo.run()
     except StageError as error:
-        cause = error.error
-        if not isinstance(cause, (ValueError, FileNotFoundError)):
-            traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
-        print(f"raddino demo: error: {error}", file=sys.stderr)
-        print(
-            f"finished stages are kept in {demo.paths.root / 'stages'}; "
-            "re-run the same command to continue",
-            file=sys.stderr,
-        )
-        return 2 if isinstance(cause, (ValueError, FileNotFoundError)) else 1
+        return report_stage_error("demo", error, demo.paths.root)
     print("\n".join(summary_lines(demo, outcomes)))
     return 0

@@ -387,3 +387,21 @@ def segment_config(args: argparse.Namespace):
 def structures(items: list[str]) -> list[str]:
     """``--masks`` values, split on commas as well as spaces."""
     return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+def report_stage_error(command: str, error, root) -> int:
+    """A failed stage of ``raddino demo`` or ``study`` (a ``demo.stages.StageError``): its one
+    line, the traceback of an unexpected cause, where the finished stages are kept; the exit
+    code (2 for bad input, 1 otherwise)."""
+    import traceback
+
+    cause = error.error
+    expected = isinstance(cause, (ValueError, FileNotFoundError))
+    if not expected:
+        traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+    print(f"raddino {command}: error: {error}", file=sys.stderr)
+    print(
+        f"finished stages are kept in {root / 'stages'}; re-run the same command to continue",
+        file=sys.stderr,
+    )
+    return 2 if expected else 1

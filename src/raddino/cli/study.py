@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
-import traceback
 from typing import TYPE_CHECKING
 
 from raddino.cli.options import (
@@ -14,6 +12,7 @@ from raddino.cli.options import (
     add_dtype_argument,
     add_progress_argument,
     add_seed_argument,
+    report_stage_error,
 )
 
 if TYPE_CHECKING:
@@ -142,15 +141,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcomes = study.run()
     except StageError as error:
-        cause = error.error
-        if not isinstance(cause, (ValueError, FileNotFoundError)):
-            traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
-        print(f"raddino study: error: {error}", file=sys.stderr)
-        print(
-            f"finished stages are kept in {study.paths.root / 'stages'}; "
-            "re-run the same command to continue",
-            file=sys.stderr,
-        )
-        return 2 if isinstance(cause, (ValueError, FileNotFoundError)) else 1
+        return report_stage_error("study", error, study.paths.root)
     print("\n".join(summary_lines(study, outcomes)))
     return 0

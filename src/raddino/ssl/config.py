@@ -370,25 +370,34 @@ PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 """The presets installed with the package (``tiny_cpu``, ``clip_tiny_cpu``, ``vitb14_cxr``, ...)."""
 
 
-def preset_names() -> list[str]:
-    """Names ``--config`` accepts without a path."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+def preset_names(folder: Path = PRESETS_DIR) -> list[str]:
+    """Names ``--config`` (or, for ``folder`` = the studies, ``raddino study``) accepts without a
+    path."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def resolve_config_path(text: str | Path, option: str = "--config") -> Path:
-    """A ``--config`` value as a file: an existing path, else an installed preset's name
-    (``tiny_cpu`` or ``tiny_cpu.yaml``); ConfigError naming ``option`` and the presets
-    otherwise."""
+def find_file_or_preset(text: str | Path, folder: Path = PRESETS_DIR) -> Path | None:
+    """An existing file, else the YAML file of that name installed in ``folder`` (``tiny_cpu``
+    or ``tiny_cpu.yaml``; a bare name only), else None."""
     path = Path(text).expanduser()
     if path.is_file():
         return path
     name = path.name.removesuffix(".yaml")
-    if path.parent == Path(".") and (PRESETS_DIR / f"{name}.yaml").is_file():
-        return PRESETS_DIR / f"{name}.yaml"
-    raise ConfigError(
-        f"{option} {text}: no such config file and no preset of that name "
-        f"(presets: {', '.join(preset_names())})"
-    )
+    if path.parent == Path(".") and (folder / f"{name}.yaml").is_file():
+        return folder / f"{name}.yaml"
+    return None
+
+
+def resolve_config_path(text: str | Path, option: str = "--config") -> Path:
+    """A ``--config`` value as a file (:func:`find_file_or_preset`); ConfigError naming
+    ``option`` and the presets otherwise."""
+    found = find_file_or_preset(text)
+    if found is None:
+        raise ConfigError(
+            f"{option} {text}: no such config file and no preset of that name "
+            f"(presets: {', '.join(preset_names())})"
+        )
+    return found
 
 
 def load_config(

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raddino.ssl.config import PRESETS_DIR
+from raddino.ssl.config import PRESETS_DIR, find_file_or_preset, preset_names
 
 STUDIES_DIR = PRESETS_DIR / "studies"
 """The study files installed with the package (``raddino study NAME``)."""
@@ -132,21 +132,18 @@ class StudySpec:
 
 
 def study_names() -> list[str]:
-    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+    return preset_names(STUDIES_DIR)
 
 
 def resolve_study_path(text: str | Path) -> Path:
     """A study given as a file, or by the name of an installed one (``data_scale``)."""
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    name = path.name.removesuffix(".yaml")
-    if path.parent == Path(".") and (STUDIES_DIR / f"{name}.yaml").is_file():
-        return STUDIES_DIR / f"{name}.yaml"
-    raise FileNotFoundError(
-        f"{text}: no such study file and no installed study of that name "
-        f"(installed: {', '.join(study_names())})"
-    )
+    found = find_file_or_preset(text, STUDIES_DIR)
+    if found is None:
+        raise FileNotFoundError(
+            f"{text}: no such study file and no installed study of that name "
+            f"(installed: {', '.join(study_names())})"
+        )
+    return found
 
 
 # --------------------------------------------------------------------------- rules
