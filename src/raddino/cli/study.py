@@ -132,15 +132,20 @@ def summary_lines(study: Study, outcomes: list[StageOutcome]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from raddino.demo.stages import StageError
+    from raddino.study import ranks
 
     study = build_study(args)  # a bad study file fails here, before any work
+    main = ranks.rank() == 0  # under torchrun, process 0 speaks for the study
     if args.dry_run:
-        print("\n".join(plan_lines(study)))
+        if main:
+            print("\n".join(plan_lines(study)))
         return 0
-    print("\n".join(plan_lines(study)[:-1]), flush=True)
+    if main:
+        print("\n".join(plan_lines(study)[:-1]), flush=True)
     try:
         outcomes = study.run()
     except StageError as error:
         return report_stage_error("study", error, study.paths.root)
-    print("\n".join(summary_lines(study, outcomes)))
+    if main:
+        print("\n".join(summary_lines(study, outcomes)))
     return 0

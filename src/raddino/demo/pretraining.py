@@ -49,10 +49,16 @@ def pretrain_run(
     resuming: bool,
     progress: bool,
     train_list: Path | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> dict:
     """Train ``OUT/runs/<name>`` on ``train_list`` (default: :func:`write_train_list`'s whole
     train split); an interrupted run of the same inputs (``resuming``) continues from its newest
-    checkpoint, any other leftover is deleted first."""
+    checkpoint, any other leftover is deleted first. ``ready`` is called once the run directory
+    and the image list are in place, just before training (a study under torchrun starts the
+    other processes' share of the run there). A process group that exists before the call is
+    left open; one the run opens is closed."""
+    import torch.distributed as dist
+
     from raddino.ssl import distributed
     from raddino.ssl.metrics import read_metrics
     from raddino.ssl.trainer import pretrain
@@ -64,10 +70,14 @@ def pretrain_run(
     if not resuming and run_dir.exists():
         shutil.rmtree(run_dir)  # a run of other settings (or other images)
     images = write_train_list(paths) if train_list is None else train_list
+    opened_here = not (dist.is_available() and dist.is_initialized())
+    if ready is not None:
+        ready()
     try:
         summary = pretrain(config, [str(images)], run_dir, resume=True, progress=progress)
     finally:
-        distributed.shutdown()
+        if opened_here:
+            distributed.shutdown()
     trained = summary.end_step - summary.start_step
     metrics = read_metrics(run_dir)
     first, last = (metrics[0], metrics[-1]) if metrics else ({}, {})

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +62,6 @@ class StudyOptions:
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers}: must be >= 0")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError(
-                "raddino study runs as one process; on several GPUs run it as one process "
-                "(each arm's pre-training then uses one GPU) or pre-train arms with torchrun "
-                "'raddino pretrain'"
-            )
 
     @property
     def eval_device(self) -> str:

@@ -31,6 +31,7 @@ from raddino.demo.stages import (
     write_json_atomic,
 )
 from raddino.study import plan as planning
+from raddino.study import ranks
 from raddino.study.options import StudyOptions, StudyPaths
 from raddino.study.plan import ArmPlan
 from raddino.study.spec import ManifestData, SyntheticData, synth_config
@@ -151,7 +152,7 @@ class Study:
     # ------------------------------------------------------------------ stages
 
     def stages(self) -> list[Stage]:
-        spec = self.spec
+        spec, processes = self.spec, ranks.world_size()
         stages = [
             Stage("data", self.run_data, self.data_inputs(), estimate=lambda: self.estimate("data"))
         ]
@@ -164,7 +165,9 @@ class Study:
                         "config": planning.config_inputs(plan.config),
                         "images": plan.train_images,
                         "selection_seed": spec.seed,
-                    },
+                    }
+                    # under torchrun the global batch (and so the learning rate) grows
+                    | ({"processes": processes} if processes > 1 else {}),
                     needs=("data",),
                     estimate=lambda name=name: self.estimate("pretrain", name),
                 )
@@ -266,10 +269,25 @@ class Study:
             select=lambda rows: planning.select_subset(rows, plan.train_images, seed, root),
         )
         result = pretrain_run(
-            plan.config, self.paths, plan.name, ctx.resuming, self.options.progress, images
+            plan.config,
+            self.paths,
+            plan.name,
+            ctx.resuming,
+            self.options.progress,
+            images,
+            ready=lambda: ranks.announce(name),  # the other processes join this run
         )
         self._calibrate("pretrain", time.perf_counter() - started, guess)
         return {**result, "train_images": plan.train_images, "guess_seconds": guess}
+
+    def join_pretrain(self, name: str) -> None:
+        """A process other than 0 under torchrun: its share of pre-training stage ``name``
+        (process 0 has written the image list and cleared or kept the run directory)."""
+        from raddino.ssl.trainer import pretrain
+
+        plan = self.pretrainings()[name]
+        train_list = self.paths.arm_train_list(plan.name)
+        pretrain(plan.config, [str(train_list)], self.paths.run(plan.name), True, False)
 
     # evaluation ---------------------------------------------------------------------
 
@@ -375,8 +393,22 @@ class Study:
     # ------------------------------------------------------------------ running
 
     def run(self) -> list[StageOutcome]:
-        """Run the stages while holding the study folder's output lock (one writer per folder)."""
-        return run_holding_lock(self.runner, self.stages(), self.paths.root, self.paths.timings)
+        """Run the stages while holding the study folder's output lock (one writer per folder).
+
+        Under torchrun process 0 runs the stages and every process joins each pre-training
+        (:mod:`raddino.study.ranks`); the other processes return no outcomes."""
+        if ranks.world_size() <= 1:
+            return run_holding_lock(self.runner, self.stages(), self.paths.root, self.paths.timings)
+        with ranks.study_group(self.options.eval_device):
+            if ranks.rank() != 0:
+                ranks.follow(self.join_pretrain)
+                return []
+            try:
+                return run_holding_lock(
+                    self.runner, self.stages(), self.paths.root, self.paths.timings
+                )
+            finally:
+                ranks.announce(None)
 
     def planned_seconds(self) -> float:
         """Seconds of work left (0 when every stage is cached)."""
