@@ -1,31 +1,53 @@
-"""Pre-training step throughput and model-FLOPs utilisation (MFU).
+"""Pre-training step throughput, model-FLOPs utilisation (MFU), and the input pipeline.
 
-For the ``tiny_cpu`` preset and for ViT-S/14 with 2 x 224 + 8 x 98 crops, in fp32 and bf16:
-images/s of full training steps (teacher forward, student forward and backward, AdamW, EMA) on
-crops already in memory, FLOPs counted by ``torch.utils.flop_counter`` for one step, and MFU =
-counted FLOPs / step time / this machine's matmul peak, measured in the same run.
+1. For the ``tiny_cpu`` preset and for ViT-S/14 with 2 x 224 + 8 x 98 crops, in fp32 and bf16:
+   images/s of full training steps (teacher forward, student forward and backward, AdamW, EMA) on
+   crops already in memory, FLOPs counted by ``torch.utils.flop_counter`` for one step, and MFU =
+   counted FLOPs / step time / this machine's matmul peak, measured in the same run.
+2. ``tiny_cpu`` end to end (its own precision, ``auto``): a synthetic cohort rendered to PNG
+   files by ``raddino.data.synth`` (``--images`` of ``--size`` px; or ``--cohort DIR``, a folder
+   of images), the run's decoded-image cache, and the real loader (``PretrainStream``,
+   ``step_loader``, ``collate_crops``) feeding the same step as an in-memory row measured just
+   before in the same process, once per worker count (``--workers``) with the cache and once
+   decoding every sample (no cache); each row's ratio to the in-memory rate. Printed first: the
+   data path's cost per image (decode, cached read, draws, geometry per view, photometric part
+   per batch) on one thread, as a worker runs it.
 
-    python benchmarks/pretrain_throughput.py [--steps 3]
+   OpenMP's wait policy changes the step itself, so part 2 runs twice, each in a fresh process:
+   with ``OMP_WAIT_POLICY=PASSIVE``, as ``raddino``'s CLI sets it (idle threads sleep at once),
+   and with OpenMP's default (idle threads spin a while first), as part 1 runs.
+
+    python benchmarks/pretrain_throughput.py [--steps 3] [--e2e-steps 32] [--workers 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from raddino.data.manifest import collect_inputs
+from raddino.models.hardware import probe_hardware
+from raddino.ssl.augment import MultiCrop
 from raddino.ssl.config import PretrainConfig, load_config
+from raddino.ssl.data import PretrainStream, collate_crops, step_loader
+from raddino.ssl.image_cache import grey_uint8, open_or_build
 from raddino.ssl.masking import sample_batch_masks
 from raddino.ssl.optim import apply_schedule, build_optimizer
-from raddino.ssl.run import autocast_context
+from raddino.ssl.run import autocast_context, training_precision
 from raddino.ssl.trainer import build_meta, make_schedules
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CPU = torch.device("cpu")
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -39,13 +61,33 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def make_step(config: PretrainConfig) -> tuple[Callable[[], None], int]:
-    """A closure running one training step on fixed random crops, and the batch size."""
+def make_batch_step(
+    config: PretrainConfig,
+) -> Callable[[torch.Tensor, torch.Tensor | None], None]:
+    """A closure running one training step on the crops it is given: globals (2b, 3, S, S),
+    locals (N b, 3, s, s) or None (fixed iBOT masks)."""
     torch.manual_seed(0)
     meta = build_meta(config)
     meta.train()
     optimizer = build_optimizer(meta.student, config.optim)
     apply_schedule(optimizer, make_schedules(config, 1e-4).at(10))
+    precision = training_precision(config.train.precision, CPU)
+    grid = config.crops.global_size // config.model.patch_size
+    masks = sample_batch_masks(2 * config.train.batch_size, (grid, grid), np.random.default_rng(0))
+
+    def step(globals_: torch.Tensor, locals_: torch.Tensor | None) -> None:
+        with autocast_context(precision, CPU):
+            out = meta(globals_, locals_, masks, 0.07)
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        optimizer.step()
+        meta.update_teacher(0.99)
+
+    return step
+
+
+def make_step(config: PretrainConfig) -> tuple[Callable[[], None], int]:
+    """A closure running one training step on fixed random crops, and the batch size."""
     b, crops = config.train.batch_size, config.crops
     globals_ = torch.randn(2 * b, 3, crops.global_size, crops.global_size)
     locals_ = (
@@ -53,18 +95,8 @@ def make_step(config: PretrainConfig) -> tuple[Callable[[], None], int]:
         if crops.local_number
         else None
     )
-    grid = crops.global_size // config.model.patch_size
-    masks = sample_batch_masks(2 * b, (grid, grid), np.random.default_rng(0))
-
-    def step() -> None:
-        with autocast_context(config.train.precision, torch.device("cpu")):
-            out = meta(globals_, locals_, masks, 0.07)
-        optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        optimizer.step()
-        meta.update_teacher(0.99)
-
-    return step, b
+    batch_step = make_batch_step(config)
+    return lambda: batch_step(globals_, locals_), b
 
 
 def measure(name: str, config: PretrainConfig, steps: int, peaks: dict[str, float]) -> None:
@@ -92,9 +124,38 @@ def measure(name: str, config: PretrainConfig, steps: int, peaks: dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--e2e-steps", type=int, default=32, help="timed steps per e2e row")
+    parser.add_argument("--workers", default="0,1,2", help="loader worker counts of e2e rows")
+    parser.add_argument("--images", type=int, default=64, help="synthetic images to render")
+    parser.add_argument("--size", type=int, default=160, help="their size (the demo's: 160)")
+    parser.add_argument("--cohort", help="a folder of images instead of rendering a cohort")
+    parser.add_argument("--e2e-only", action="store_true", help="skip the MFU table")
+    parser.add_argument("--policy-child", help=argparse.SUPPRESS)  # one end-to-end part
     args = parser.parse_args()
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    workers = [int(w) for w in args.workers.split(",")]
+    if args.policy_child:
+        paths = collect_inputs([args.cohort])
+        with tempfile.TemporaryDirectory() as temp:
+            end_to_end(paths, Path(temp), args.e2e_steps, workers, args.policy_child == "first")
+        return
+    print(f"CPU: {probe_hardware('cpu').name}, {os.cpu_count()} cores")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not args.e2e_only:
+        mfu_table(args.steps)
+    with tempfile.TemporaryDirectory() as temp:
+        folder = Path(args.cohort) if args.cohort else render_cohort(Path(temp), args)
+        for which, policy in (("first", "PASSIVE"), ("second", None)):
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            env.update({"OMP_WAIT_POLICY": policy} if policy else {})
+            print(f"\n--- OMP_WAIT_POLICY={policy} (as raddino's CLI)" if policy else
+                  "\n--- OpenMP's default wait policy (as part 1)", flush=True)  # fmt: skip
+            command = [sys.executable, __file__, "--policy-child", which, "--cohort", str(folder),
+                       "--workers", args.workers, "--e2e-steps", str(args.e2e_steps)]  # fmt: skip
+            subprocess.run(command, env=env, check=True)
+
+
+def mfu_table(steps: int) -> None:
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(
         f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s"
@@ -105,10 +166,113 @@ def main() -> None:
         "train.batch_size=8",
     ]  # fmt: skip
     for precision in ("fp32", "bf16"):
-        tiny = load_config(CONFIGS / "tiny_cpu.yaml", [f"train.precision={precision}"])
-        measure("tiny_cpu (2x112 + 4x48)", tiny, args.steps, peaks)
+        tiny = load_config("tiny_cpu", [f"train.precision={precision}"])
+        measure("tiny_cpu (2x112 + 4x48)", tiny, steps, peaks)
         small = load_config(None, [*vit_s, f"train.precision={precision}"])
-        measure("ViT-S/14 (2x224 + 8x98)", small, args.steps, peaks)
+        measure("ViT-S/14 (2x224 + 8x98)", small, steps, peaks)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def render_cohort(temp: Path, args: argparse.Namespace) -> Path:
+    from raddino.data.synth.cohort import SynthConfig, generate_cohort
+
+    start = time.perf_counter()
+    config = SynthConfig(n=args.images, seed=0, size=args.size)
+    generate_cohort(temp / "cohort", config, workers=os.cpu_count() or 1, progress=False)
+    print(f"\nrendered {args.images} synthetic radiographs of {args.size} px as PNG files "
+          f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    return temp / "cohort" / "images"
+
+
+def per_call_ms(function: Callable[[], object], repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def profile_data_path(paths: list[str], config: PretrainConfig, stream: PretrainStream) -> None:
+    """Milliseconds per image of each part of the data path, on one thread (as in a worker)."""
+    crops, b = config.crops, config.train.batch_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n = len(paths)
+        decode = per_call_ms(lambda: [grey_uint8(p, crops.max_source_size) for p in paths], 1) / n
+        cached = per_call_ms(lambda: [stream.load(g) for g in range(n)], 1) / n
+        augment = MultiCrop(crops)
+        image = stream.load(0)
+        h, w = image.shape[-2:]
+        rng = torch.Generator().manual_seed(0)
+        draws = per_call_ms(lambda: augment.cuts(image, rng, crops.global_size), 50)
+        draw_g = augment.draw(h, w, crops.global_size, crops.global_scale, rng)
+        draw_l = augment.draw(h, w, crops.local_size, crops.local_scale, rng)
+        cut_g = per_call_ms(lambda: augment.cut(image, draw_g), 200)
+        cut_l = per_call_ms(lambda: augment.cut(image, draw_l), 200)
+        samples = [stream[g] for g in range(b)]
+        collate = per_call_ms(lambda: collate_crops(samples), 10) / b
+        sample = per_call_ms(lambda: [stream[g] for g in range(b)], 3) / b
+    finally:
+        torch.set_num_threads(threads)
+    views = 2 + crops.local_number
+    print(f"data path per image, 1 thread ({crops.max_source_size} px max source, 2 x "
+          f"{crops.global_size} + {crops.local_number} x {crops.local_size} views):")  # fmt: skip
+    print(f"  decode PNG + shrink (grey_uint8)  {decode:6.3f} ms   (once per run with the cache)")
+    print(f"  read from the cache               {cached:6.3f} ms")
+    print(f"  cut one global view (uint8)       {cut_g:6.3f} ms   one local view {cut_l:.3f} ms")
+    print(f"  draws + cuts of all {views} views      {draws:6.3f} ms   whole sample (read, "
+          f"seed, cuts) {sample:.3f} ms")  # fmt: skip
+    print(f"  finish + collate, per image       {collate:6.3f} ms   (batched over {b} images)")
+    print(f"  total per image                   {sample + collate:6.3f} ms")
+
+
+def e2e_rate(
+    step: Callable[[torch.Tensor, torch.Tensor | None], None],
+    stream: PretrainStream,
+    config: PretrainConfig,
+    workers: int,
+    steps: int,
+) -> float:
+    """img/s of ``steps`` steps fed by the real loader, after 2 untimed steps (worker start)."""
+    train = replace(config.train, num_workers=workers, steps=steps + 2)
+    loader = iter(step_loader(stream, collate_crops, train, 0, 0, 1, CPU))
+    for _ in range(2):
+        batch = next(loader)
+        step(batch.globals_, batch.locals_)
+    start = time.perf_counter()
+    for batch in loader:
+        step(batch.globals_, batch.locals_)
+    return steps * config.train.batch_size / (time.perf_counter() - start)
+
+
+def end_to_end(
+    paths: list[str], temp: Path, steps: int, worker_counts: list[int], profile: bool
+) -> None:
+    config = load_config("tiny_cpu")
+    b = config.train.batch_size
+    precision = training_precision(config.train.precision, CPU)
+    start = time.perf_counter()
+    cache = open_or_build(paths, config.crops.max_source_size, temp / "run",
+                          workers=os.cpu_count() or 0, progress=False)  # fmt: skip
+    built = time.perf_counter() - start
+    cached = PretrainStream(paths, config.crops, config.train.seed, b, images=cache)
+    decoding = PretrainStream(paths, config.crops, config.train.seed, b)
+    if profile:
+        print(f"decoded-image cache: {len(paths)} images in {built:.1f} s")
+        profile_data_path(paths, config, cached)
+
+    step, in_memory_step = make_batch_step(config), make_step(config)[0]
+    in_memory_step()  # warm-up
+    in_memory = steps * b / per_call_ms(lambda: [in_memory_step() for _ in range(steps)], 1) * 1e3
+    name = f"tiny_cpu {str(precision).removeprefix('torch.')}, batch {b}"
+    print(f"{name}: in memory {in_memory:7.2f} img/s ({1e3 / in_memory:.1f} ms per image)")
+    for workers in worker_counts:
+        for label, stream in (("cache", cached), ("decode every sample", decoding)):
+            rate = e2e_rate(step, stream, config, workers, steps)
+            print(f"  end to end, {workers} workers, {label:<20} {rate:7.2f} img/s  "
+                  f"{rate / in_memory:6.1%} of in memory")  # fmt: skip
 
 
 if __name__ == "__main__":

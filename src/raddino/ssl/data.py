@@ -5,6 +5,12 @@ Sample ``g`` of the run (``g = step * global_batch + k``) is image ``perm(epoch)
 of ``g``, so the data position in a checkpoint is just the step, a resumed run sees exactly the
 images and crops it would have seen, and 1 process with batch 2b sees what 2 processes with
 batch b see together. Process ``rank`` takes samples ``k`` in ``[rank * b, (rank + 1) * b)``.
+
+The trainer reads the images from the run's decoded-image cache (:mod:`raddino.ssl.image_cache`,
+each image decoded once per run). A sample is its uint8 views with their random draws
+(:class:`raddino.ssl.augment.Cuts`); :func:`collate_crops` finishes a batch's views of one size
+together, in a loader worker or, with ``train.num_workers: 0``, in the training process between
+steps: the same crops either way, bit for bit.
 """
 
 from __future__ import annotations
@@ -13,15 +19,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from raddino.data.io import ImageReadError, read_image, to_uint8
-from raddino.ssl.augment import MultiCrop
+from raddino.ssl.augment import Cuts, MultiCrop, finish_views
 from raddino.ssl.config import CropSection, TrainSection
+from raddino.ssl.image_cache import UNREADABLE, ImageCache, grey_uint8
 
 
 def permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -30,22 +34,12 @@ def permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def grey_uint8(path: str, max_side: int) -> torch.Tensor:
-    """Decode, scale to uint8, convert colour to grey, shrink the longer side: (1, H, W)."""
-    image = to_uint8(read_image(path), source=path)
-    if image.ndim == 3:  # ITU-R 601 luma, as PIL's convert("L")
-        image = np.rint(image @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
-    height, width = tensor.shape[-2:]
-    if max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        size = [max(1, round(height * scale)), max(1, round(width * scale))]
-        tensor = TF.resize(tensor, size, antialias=True)
-    return tensor
-
-
 class PretrainStream(Dataset):
-    """Map-style dataset indexed by the run's global sample number ``g``."""
+    """Map-style dataset indexed by the run's global sample number ``g``: sample ``g``'s
+    :class:`Cuts` (uint8 views and their draws); :func:`collate_crops` finishes a batch of them.
+
+    ``images``: the run's decoded images (:mod:`raddino.ssl.image_cache`), else every image is
+    decoded when it is read."""
 
     def __init__(
         self,
@@ -53,9 +47,13 @@ class PretrainStream(Dataset):
         crops: CropSection,
         seed: int,
         global_batch: int,
+        images: ImageCache | None = None,
     ) -> None:
         if not paths:
             raise ValueError("no images to pre-train on")
+        if images is not None and len(images) != len(paths):
+            raise ValueError(f"the image cache holds {len(images)} images, not {len(paths)}")
+        self.images = images
         self.paths = list(paths)
         self.crops = crops
         self.seed = seed
@@ -95,10 +93,15 @@ class PretrainStream(Dataset):
         order = self.order(epoch)
         for offset in range(len(self.paths)):
             index = int(order[(position + offset) % len(self.paths)])
+            if self.images is not None:  # unreadable images were reported when it was built
+                image = self.images.image(index)
+                if image is not None:
+                    return index, image
+                continue
             path = self.paths[index]
             try:
                 return index, grey_uint8(path, self.crops.max_source_size)
-            except (ImageReadError, OSError, ValueError) as error:
+            except UNREADABLE as error:
                 if path not in self.warned:
                     self.warned.add(path)
                     print(f"warning: skipping unreadable image {error}", file=sys.stderr)
@@ -108,10 +111,9 @@ class PretrainStream(Dataset):
         """The augmentation generator of sample ``g``, seeded by ``(seed, g)`` alone."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * g + 1)
 
-    def __getitem__(self, g: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def __getitem__(self, g: int) -> Cuts:
         rng = self.generator(g)
-        crops = self.augment(self.load(g), rng, self.global_size(g // self.global_batch))
-        return crops.globals_, crops.locals_
+        return self.augment.cuts(self.load(g), rng, self.global_size(g // self.global_batch))
 
 
 class StreamSampler(Sampler[int]):
@@ -146,10 +148,20 @@ class CropBatch:
         )
 
 
-def collate_crops(samples: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> CropBatch:
-    n_globals, n_locals = len(samples[0][0]), len(samples[0][1])
-    globals_ = torch.stack([s[0][i] for i in range(n_globals) for s in samples])
-    locals_ = torch.stack([s[1][i] for i in range(n_locals) for s in samples]) if n_locals else None
+def collate_crops(samples: list[Cuts]) -> CropBatch:
+    """Crop-major stacks of the samples' views, each size finished in one batch by
+    :func:`raddino.ssl.augment.finish_views` (RAD-DINO's normalisation)."""
+    n_globals, n_locals = len(samples[0].globals_), len(samples[0].locals_)
+    order = [(i, s) for i in range(n_globals) for s in samples]
+    globals_ = finish_views(
+        torch.stack([s.globals_[i] for i, s in order]), [s.global_draws[i] for i, s in order]
+    )
+    locals_ = None
+    if n_locals:
+        order = [(i, s) for i in range(n_locals) for s in samples]
+        locals_ = finish_views(
+            torch.stack([s.locals_[i] for i, s in order]), [s.local_draws[i] for i, s in order]
+        )
     return CropBatch(globals_, locals_)
 
 

@@ -25,6 +25,7 @@ from raddino.ssl import distributed
 from raddino.ssl.checkpoint import save_checkpoint
 from raddino.ssl.config import PretrainConfig
 from raddino.ssl.data import PretrainStream, collate_crops, step_loader, step_progress
+from raddino.ssl.image_cache import run_image_cache
 from raddino.ssl.masking import BlockMasking, sample_batch_masks
 from raddino.ssl.meta_arch import StudentTeacher
 from raddino.ssl.metrics import CollapseMonitor, MetricsLog
@@ -230,7 +231,10 @@ def _train(
         max(config.optim.warmup_steps, config.teacher.temp_warmup_steps),
     )
 
-    stream = PretrainStream(paths, config.crops, train.seed, global_batch)
+    images = run_image_cache(
+        paths, config.crops.max_source_size, run_dir, env, progress and env.is_main
+    )
+    stream = PretrainStream(paths, config.crops, train.seed, global_batch, images)
     loader = step_loader(
         stream, collate_crops, train, start_step, env.rank, env.world_size, env.device
     )
