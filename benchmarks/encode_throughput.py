@@ -14,9 +14,12 @@ only), interleaved round by round (median img/s; a shared machine's slow phases 
 Also printed: the fp32 and bf16 matmul peak at the ViT's linear shape, measured in every round,
 and the fast path's fraction of the bf16 peak; the fast path's cosine similarity to raddino
 fp32; the ``raddino encode`` pipeline (decoding 518-px PNGs in worker processes, writing the
-store) as % of the fast path's model-only rate, interleaved with it; peak RSS of encoding 100
-and 1,000 images with full patch tokens, each count in a fresh child process (by default with
-a small ViT at 518 px so it takes seconds, ``--rss-full`` with the RAD-DINO-sized model).
+store) as % of the fast path's model-only rate, interleaved with it: for the whole job of
+``--pipeline-images``, and once running (the difference of that job and a one-batch job, which
+also gives the fixed cost of a job: hashing the weights, the store, starting the workers);
+peak RSS of encoding 100 and 1,000 images with full patch tokens, each count in a fresh child
+process (by default with a small ViT at 518 px so it takes seconds, ``--rss-full`` with the
+RAD-DINO-sized model).
 
     python benchmarks/encode_throughput.py [--images 4] [--batch-size 4] [--rounds 3]
         [--pipeline-images 12] [--workers 2] [--eager-bf16] [--rss-full] [--skip-rss | --only-rss]
@@ -35,6 +38,8 @@ wait for the GPU, and the peak-RSS part is skipped (it measures host memory of a
 
 * ``eager``, ``onednn``, ``inductor-freezing``: :class:`InferenceEngine` with ``compile`` off,
   ``onednn`` and ``inductor`` (``torch.compile`` with ``freezing=True``);
+* ``onednn-sdpa``: as ``onednn``, with PyTorch's flash-attention kernel inside the traced graph
+  instead of oneDNN Graph's attention partition;
 * ``inductor``: ``torch.compile(dynamic=False)`` without freezing;
 * ``inductor-max-autotune``: as ``inductor-freezing``, plus ``max_autotune`` (inductor times
   its C++ GEMM templates against the oneDNN kernels and keeps the faster);
@@ -48,6 +53,14 @@ eager (also divided by the largest |fp32 token|). Set-up is timed in the one
 process, so a mode may reuse kernels an earlier one compiled; ``--cold-setup`` times each mode
 alone in a fresh process with an empty inductor cache, as a first ``raddino encode`` on a
 machine runs.
+
+``--profile`` shows where one bf16 batch's time goes, per mode (``off``, ``onednn``,
+``inductor``): torch.profiler self time by aten op, and for ``onednn`` by kind of oneDNN Graph
+partition (qkv, attention, proj + residual, fc1 + GELU, fc2 + residual), each against the
+time its FLOPs would take at the bf16 matmul peak measured in the same run:
+
+    python benchmarks/encode_throughput.py --profile off,onednn [--attention matmul|sdpa]
+        [--size 518] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -73,6 +86,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from raddino.features.encode import SHARD_BYTES, EncodeOptions, build_engine, encode_to_store
+from raddino.features.identity import weights_sha256
 from raddino.models.encoder import RadDino
 from raddino.models.engine import BackboneTuple, InferenceEngine
 from raddino.models.hardware import (
@@ -81,6 +95,7 @@ from raddino.models.hardware import (
     configure_cpu_threads,
     cpp_compiler_available,
     probe_hardware,
+    reuse_freed_memory,
 )
 from raddino.models.vit import ViTConfig
 from raddino.precision import parse_dtype, short_name
@@ -112,6 +127,7 @@ def matmul_rate(
 ) -> float:
     """Best FLOP/s in ``dtype`` of ``F.linear`` at the ViT's two MLP shapes (rows x 768 @
     768 x 3072 and rows x 3072 @ 3072 x 768) and of a 2048^3 ``torch.mm``."""
+    device = torch.device(device)
     shapes = [(rows, 768, 3072), (rows, 3072, 768), (2048, 2048, 2048)]
     best = 0.0
     for m, k, n in shapes:
@@ -297,16 +313,25 @@ def measure_rss(args: argparse.Namespace, tmp: Path, rad_dino_dir: Path) -> None
 
 Tokens = tuple[torch.Tensor, ...]  # (cls, registers, patches), as BackboneTuple returns them
 COMPILE_MODES = (
-    "eager", "onednn", "inductor", "inductor-freezing", "inductor-max-autotune", "export",
+    "eager", "onednn", "onednn-sdpa", "inductor", "inductor-freezing", "inductor-max-autotune",
+    "export",
 )  # fmt: skip
-ENGINE_COMPILE = {"eager": "off", "onednn": "onednn", "inductor-freezing": "inductor"}
+# engine modes: (compile, the attention the oneDNN Graph mode traces)
+ENGINE_COMPILE = {
+    "eager": ("off", "matmul"),
+    "onednn": ("onednn", "matmul"),
+    "onednn-sdpa": ("onednn", "sdpa"),
+    "inductor-freezing": ("inductor", "matmul"),
+}
 QUIET = 0.1  # a measurement is quiet if other processes used less of the CPUs than this
 
 
-def engine_runner(backbone: torch.nn.Module, dtype: torch.dtype, compile: str):
+def engine_runner(
+    backbone: torch.nn.Module, dtype: torch.dtype, compile: str, attention: str = "matmul"
+):
     """``images -> (cls, registers, patches)`` through :class:`InferenceEngine`, and a check
     that it did not fall back to eager."""
-    engine = InferenceEngine(backbone, dtype=dtype, compile=compile)
+    engine = InferenceEngine(backbone, dtype=dtype, compile=compile, attention=attention)
 
     def run(images: torch.Tensor) -> Tokens:
         out = engine(images)
@@ -354,7 +379,7 @@ def exported_runner(backbone: torch.nn.Module, dtype: torch.dtype, folder: Path)
 def build_mode(name: str, model_dir: Path, dtype: torch.dtype, folder: Path):
     backbone = RadDino.from_pretrained(model_dir).backbone
     if name in ENGINE_COMPILE:
-        return engine_runner(backbone, dtype, ENGINE_COMPILE[name])
+        return engine_runner(backbone, dtype, *ENGINE_COMPILE[name])
     if name == "inductor":
         return compiled_runner(backbone, dtype, {})
     if name == "inductor-max-autotune":
@@ -417,6 +442,91 @@ def cold_set_ups(args: argparse.Namespace, names: list[str]) -> None:
             )
 
 
+PARTITION_KINDS = ("qkv linear", "attention", "proj linear + residual", "fc1 + GELU",
+                   "fc2 + residual")  # fmt: skip
+
+
+def kind_flops(config: ViTConfig, batch: int) -> dict[str, float]:
+    """FLOPs of one batch in each kind of :data:`PARTITION_KINDS`, summed over the blocks."""
+    tokens = 1 + config.num_register_tokens + config.grid_size**2
+    dim, hidden, rows = config.embed_dim, config.ffn_hidden_dim, batch * tokens
+    per_block = [
+        2 * rows * dim * 3 * dim,
+        4 * batch * tokens * tokens * dim,
+        2 * rows * dim * dim,
+        2 * rows * dim * hidden,
+        2 * rows * hidden * dim,
+    ]
+    return {kind: config.depth * f for kind, f in zip(PARTITION_KINDS, per_block, strict=True)}
+
+
+def profile_breakdown(args: argparse.Namespace) -> None:
+    """Where one batch's time goes: bf16 eager (aten ops) and the fast path (oneDNN Graph
+    partitions by kind, the unfused aten ops between them), each kind's GFLOP/s against the
+    bf16 matmul peak measured in the same run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from raddino.models.vit import VisionTransformer
+
+    configure_cpu_threads()
+    reuse_freed_memory()  # as raddino encode on CPU
+    hardware = probe_hardware("cpu")
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=args.size)
+    batch = args.batch_size
+    pixels = torch.randn(batch, 3, args.size, args.size, dtype=torch.bfloat16)
+    flops = kind_flops(config, batch)
+    rows = batch * (1 + config.grid_size**2)
+    peak = max(matmul_rate(torch.bfloat16, rows) for _ in range(3))
+    print(
+        f"torch {torch.__version__}, {hardware.name}, {torch.get_num_threads()} threads; "
+        f"ViT-B/14 at {args.size} px, batch {batch}, bf16; matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
+    for compile in args.profile.split(","):
+        engine = InferenceEngine(
+            VisionTransformer(config), dtype=torch.bfloat16, compile=compile,
+            attention=args.attention,
+        )  # fmt: skip
+        for _ in range(3):  # oneDNN Graph fuses from the third call
+            engine(pixels)
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            engine(pixels)
+            seconds.append(time.perf_counter() - start)
+        wall = statistics.median(seconds)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            engine(pixels)
+        totals: dict[str, float] = {}
+        partitions = sorted(
+            (e for e in prof.events() if e.name.startswith("LlgaPartition_")),
+            key=lambda e: e.time_range.start,
+        )
+        labelled = len(partitions) == 2 + len(PARTITION_KINDS) * config.depth
+        names = {}
+        for index, event in enumerate(partitions):
+            kind = "patch embedding" if index < 2 else PARTITION_KINDS[(index - 2) % 5]
+            names[id(event)] = f"oneDNN: {kind}" if labelled else "oneDNN: partition"
+        for event in prof.events():
+            name = names.get(id(event), event.name)
+            totals[name] = totals.get(name, 0.0) + event.self_cpu_time_total / 1e3
+        profiled = sum(totals.values())
+        rate = vit_flops(config) * batch / wall
+        print(
+            f"\n{engine.mode}: {wall * 1e3:.0f} ms per batch ({batch / wall:.3f} img/s, "
+            f"{rate / 1e9:.0f} GFLOP/s = {rate / peak:.0%} of the matmul peak); profiled "
+            f"{profiled:.0f} ms, by self time (ms, share; where the FLOPs are known, GFLOP/s "
+            "and ms at the matmul peak):"
+        )
+        for name, ms in sorted(totals.items(), key=lambda item: -item[1])[:16]:
+            kind = name.removeprefix("oneDNN: ")
+            known = ""
+            if kind in flops:
+                at_peak = flops[kind] / peak * 1e3
+                known = f"  {flops[kind] / ms / 1e6:6.0f} GFLOP/s, {at_peak:6.1f} ms at peak"
+            print(f"  {name:48s} {ms:8.1f} {ms / profiled:6.1%}{known}")
+
+
 def compare_modes(args: argparse.Namespace) -> None:
     """Each of ``--modes`` in each of ``--dtypes``: set-up time, img/s vs eager, agreement.
 
@@ -437,6 +547,7 @@ def compare_modes(args: argparse.Namespace) -> None:
         return
     dtypes = [parse_dtype(name) for name in args.dtypes.split(",")]
     threads = configure_cpu_threads()
+    reuse_freed_memory()  # as raddino encode on CPU
     hardware = probe_hardware("cpu")
     print(
         f"torch {torch.__version__}, {hardware.name}, native bf16: {hardware.bf16}, "
@@ -524,6 +635,66 @@ def compare_modes(args: argparse.Namespace) -> None:
             print(flush=True)
 
 
+# --------------------------------------------------------------------------- pipeline
+
+
+def pipeline_summary(
+    args: argparse.Namespace,
+    model: RadDino,
+    engine: InferenceEngine,
+    options: EncodeOptions,
+    images: list[np.ndarray],
+    tmp: Path,
+    run_fast: Callable[[torch.Tensor], object],
+) -> None:
+    """``raddino encode`` (518-px PNGs decoded in workers, CLS to a new store) against the
+    model alone, interleaved: a whole job of ``--pipeline-images`` and a one-batch job in
+    every round. Their difference gives the steady rate (per image once running) and the
+    job's fixed cost (hashing the weights, opening and finalising the store, starting the
+    workers, the first batch's decoding)."""
+    count, batch = args.pipeline_images, args.batch_size
+    paths = write_pngs(tmp / "pngs", images, count)
+    cycled = [images[index % len(images)] for index in range(count)]
+    pixels = model.preprocess(cycled).to(options.device)  # the PNGs' pixels
+    encode_to_store(model, paths[:batch], tmp / "warmup", options, engine=engine)
+    start = time.perf_counter()
+    weights_sha256(model)
+    hashing = time.perf_counter() - start
+
+    def job(size: int, name: str) -> float:
+        start = time.perf_counter()
+        encode_to_store(model, paths[:size], tmp / name, options, engine=engine)
+        return time.perf_counter() - start
+
+    # model-only, pipeline, model-only, ...: each pipeline run is compared with the mean of
+    # the model-only runs on either side of it, so a change of load hits both alike
+    model_rates = [images_per_second(run_fast, pixels, batch)]
+    whole, short, ratios, steady_ratios, fixed = [], [], [], [], []
+    for round_index in range(args.rounds):
+        short.append(job(batch, f"short{round_index}"))
+        whole.append(job(count, f"store{round_index}"))
+        model_rates.append(images_per_second(run_fast, pixels, batch))
+        model_rate = statistics.mean(model_rates[-2:])
+        ratios.append(count / whole[-1] / model_rate)
+        per_image = (whole[-1] - short[-1]) / (count - batch)
+        steady_ratios.append(1 / per_image / model_rate)
+        fixed.append(short[-1] - batch * per_image)
+    print(
+        f"\nraddino encode pipeline ({count} 518-px PNGs, {args.workers} decoding workers, CLS "
+        f"to the store, {engine.mode}): {count / statistics.median(whole):.3f} img/s = "
+        f"{statistics.median(ratios):.1%} of model-only for the whole job (median of "
+        f"{args.rounds}; each against the model-only runs on either side: "
+        f"{', '.join(f'{r:.0%}' for r in ratios)}; model-only "
+        f"{statistics.median(model_rates):.3f} img/s)"
+    )
+    print(
+        f"  once running (from a {batch}-image and a {count}-image job): "
+        f"{statistics.median(steady_ratios):.1%} of model-only "
+        f"({', '.join(f'{r:.0%}' for r in steady_ratios)}); fixed cost per job "
+        f"{statistics.median(fixed):.2f} s, of which hashing the weights {hashing:.2f} s"
+    )
+
+
 # --------------------------------------------------------------------------- main run
 
 
@@ -540,6 +711,13 @@ def main() -> None:
     parser.add_argument("--only-rss", action="store_true", help="only the peak-RSS measurement")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--modes", help=f"compare compile modes on CPU: {','.join(COMPILE_MODES)}")
+    parser.add_argument(
+        "--profile", help="where one batch's time goes, bf16: comma-separated off,onednn,inductor"
+    )
+    parser.add_argument(
+        "--attention", default="matmul", choices=("matmul", "sdpa"),
+        help="with --profile: the attention the oneDNN Graph mode traces",
+    )  # fmt: skip
     parser.add_argument("--dtypes", default="fp32,bf16", help="with --modes")
     parser.add_argument("--size", type=int, default=518, help="image size, with --modes")
     parser.add_argument(
@@ -556,6 +734,9 @@ def main() -> None:
         return
     if args.modes:
         compare_modes(args)
+        return
+    if args.profile:
+        profile_breakdown(args)
         return
 
     from transformers import Dinov2Config, Dinov2Model
@@ -607,7 +788,7 @@ def main() -> None:
             compile=str(fast_compile.value),
             progress=False,
         )
-        engine = build_engine(fast_model, options, 10_000)
+        engine = build_engine(fast_model, options, 10_000, log=lambda line: print(f"  {line}"))
         first = pixels[: args.batch_size].to(engine.dtype)
         setup = []
         for _ in range(3):  # oneDNN Graph: traced at the first call, fused from the third
@@ -710,30 +891,7 @@ def main() -> None:
         )
 
         # ------------------------------------------------------------ end to end
-        paths = write_pngs(tmp / "pngs", images, args.pipeline_images)
-        cycled = [images[index % len(images)] for index in range(args.pipeline_images)]
-        pipeline_pixels = fast_model.preprocess(cycled).to(device)  # the PNGs' pixels
-        encode_to_store(
-            fast_model, paths[: args.batch_size], tmp / "warmup", options, engine=engine
-        )
-        # model-only, pipeline, model-only, ...: each pipeline run is compared with the mean of
-        # the model-only runs on either side of it, so a change of load hits both alike
-        model_rates = [images_per_second(run_fast, pipeline_pixels, args.batch_size)]
-        pipeline_rates, ratios = [], []
-        for round_index in range(args.rounds):
-            start = time.perf_counter()
-            encode_to_store(fast_model, paths, tmp / f"store{round_index}", options, engine=engine)
-            pipeline_rates.append(len(paths) / (time.perf_counter() - start))
-            model_rates.append(images_per_second(run_fast, pipeline_pixels, args.batch_size))
-            ratios.append(pipeline_rates[-1] / statistics.mean(model_rates[-2:]))
-        print(
-            f"\nraddino encode pipeline ({args.pipeline_images} 518-px PNGs, {args.workers} "
-            f"decoding workers, CLS to the store, {engine.mode}): "
-            f"{statistics.median(pipeline_rates):.3f} img/s = {statistics.median(ratios):.1%} of "
-            f"model-only (median of {args.rounds}; each run against the model-only runs on "
-            f"either side: {', '.join(f'{r:.0%}' for r in ratios)}; model-only "
-            f"{statistics.median(model_rates):.3f} img/s)"
-        )
+        pipeline_summary(args, fast_model, engine, options, images, tmp, run_fast)
 
         if not args.skip_rss and device.type == "cpu":
             measure_rss(args, tmp, tmp / "model")

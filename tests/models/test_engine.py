@@ -225,6 +225,44 @@ def test_inductor_mode_stays_within_tolerance_and_pads_the_last_batch(
     check_padded_partial_batch(engine, pixels.to(BF16), full)
 
 
+@pytest.mark.parametrize("attention", ["matmul", pytest.param("sdpa", marks=BF16_FUSED.marks)])
+def test_onednn_graph_folds_layerscale_and_fuses_each_residual_into_its_linear(
+    small_hf_dir: Path, pixels: torch.Tensor, fp32_reference, attention: str
+):
+    """The traced graph has no LayerScale multiply, no scaled scores and no addcmul left: freezing
+    folded them into the weights, and oneDNN Graph fuses ``x + linear(...)`` into one partition
+    (2 per block); the model's own parameters are untouched."""
+    backbone = RadDino.from_pretrained(small_hf_dir).backbone
+    with torch.no_grad():
+        for block in backbone.blocks:
+            block.ls1.gamma.uniform_(0.5, 1.5)
+    state = {key: value.to(BF16) for key, value in backbone.state_dict().items()}
+    engine = InferenceEngine(backbone, dtype=BF16, compile="onednn", attention=attention)
+    inputs = pixels.to(BF16)
+    for _ in range(3):
+        output = engine(inputs)
+    assert engine.compiled, engine.compile_error
+    graph = str(engine._runners[tuple(inputs.shape)].graph_for(inputs))
+    assert "aten::addcmul" not in graph and "aten::mul(" not in graph
+    groups = graph.split("with prim::oneDNNFusionGroup")[1:]  # each fused subgraph
+    fused_residuals = sum("aten::linear" in group and "aten::add" in group for group in groups)
+    assert fused_residuals == 2 * len(backbone.blocks)
+    assert ("aten::scaled_dot_product_attention" in graph) == (attention == "sdpa")
+    after = backbone.state_dict()
+    assert all(torch.equal(after[key], value) for key, value in state.items())
+    reference = RadDino.from_pretrained(small_hf_dir).backbone
+    with torch.no_grad():
+        for block, original in zip(reference.blocks, backbone.blocks, strict=True):
+            block.ls1.gamma.copy_(original.ls1.gamma.float())
+        expected = reference(pixels)
+    check_tolerance(output, expected, BF16)
+
+
+def test_unknown_attention_is_refused(small_hf_dir: Path):
+    with pytest.raises(ValueError, match="choose matmul or sdpa"):
+        InferenceEngine(RadDino.from_pretrained(small_hf_dir).backbone, attention="flash")
+
+
 def raise_on_call(*args, **kwargs):
     raise RuntimeError("simulated: no working C++ compiler\nsecond line")
 
@@ -312,3 +350,29 @@ def test_onednn_is_not_offered_on_python_3_14_and_a_request_runs_eagerly(
     with pytest.warns(RuntimeWarning, match=r"no oneDNN Graph fuser .*continuing eagerly"):
         engine(pixels)
     assert engine.mode == "fp32 eager"
+
+
+def test_a_onednn_isa_cap_below_amx_is_probed_as_no_amx(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert not hw.onednn_may_use_amx() and not hw.probe_hardware("cpu").amx
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert hw.onednn_may_use_amx()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert hw.onednn_may_use_amx()
+
+
+@pytest.mark.skipif(not hw.reuse_freed_memory(), reason="glibc's malloc on Linux only (mallopt)")
+def test_freed_memory_is_reused_without_page_faults():
+    """64 MiB written and freed, again and again: from memory the process kept, once the heap
+    has grown (16,384 4-KiB pages would each fault if it were mapped afresh every time, as
+    glibc does by default above 32 MiB)."""
+    resource = pytest.importorskip("resource")
+
+    def faults_of_a_new_64_mib_tensor() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(16 * 2**20)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    for _ in range(3):  # the heap grows to hold it (twice, if a small object lands in the gap)
+        faults_of_a_new_64_mib_tensor()
+    assert sum(faults_of_a_new_64_mib_tensor() for _ in range(3)) < 1000

@@ -204,3 +204,48 @@ def test_cpu_training_in_bf16_takes_the_matmul_attention_and_matches_fp32_sdpa(m
     torch.testing.assert_close(low.float(), reference, atol=3e-2, rtol=3e-2)
     cosine = torch.nn.functional.cosine_similarity(grad_low.flatten(), grad_reference.flatten(), 0)
     assert cosine > 0.999
+
+
+@pytest.mark.parametrize("impl", ["matmul", "sdpa"])
+@pytest.mark.parametrize(("ffn", "layerscale_init"), [("mlp", 1.0), ("swiglu", 1.0), ("mlp", None)])
+def test_folded_block_computes_the_same_function(ffn, layerscale_init, impl):
+    """LayerScale folded into proj / the FFN's last linear, 1/sqrt(d) into q: in fp32 the only
+    difference is one rounding of each folded weight (~1e-7 relative), so ~1e-6 on O(1) tokens;
+    a wrong fold (a row of gamma on the wrong side, the scale applied twice) is off by O(1)."""
+    model = tiny(ffn=ffn, layerscale_init=layerscale_init)
+    with torch.no_grad():
+        for block in model.blocks:
+            for scale in (block.ls1, block.ls2):
+                if isinstance(scale, vit.LayerScale):
+                    scale.gamma.uniform_(0.2, 2.0)
+            block.attn.proj.bias.normal_()
+    images = torch.randn(2, 3, 56, 70)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    with torch.no_grad():
+        reference = model(images, layers=[0])
+        for block in model.blocks:
+            block.folded, block.attn.impl = True, impl
+        folded = model(images, layers=[0])
+    torch.testing.assert_close(folded.cls, reference.cls, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(folded.patches, reference.patches, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(folded.layers[0], reference.layers[0], atol=2e-6, rtol=1e-5)
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[key], value) for key, value in state.items())
+
+
+def test_folded_block_refuses_active_drop_path():
+    model = tiny(drop_path_rate=0.1).train()
+    model.blocks[0].folded = True
+    with pytest.raises(RuntimeError, match="drop path"):
+        model(torch.randn(1, 3, 56, 56))
+
+
+def test_rows_scaled_is_the_linear_layer_times_the_scale():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 5)
+    scale = torch.tensor([0.5, 2.0, -1.0, 3.0, 0.1])
+    x = torch.randn(4, 8)
+    weight, bias = vit.rows_scaled(linear, scale)
+    torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), linear(x) * scale)
+    assert vit.rows_scaled(torch.nn.Linear(8, 5, bias=False), scale)[1] is None

@@ -16,8 +16,11 @@ a store of its own, and the first one joins them: :mod:`raddino.features.ranks`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +49,7 @@ from raddino.models.hardware import (
     configure_cpu_threads,
     onednn_traceable,
     probe_hardware,
+    reuse_freed_memory,
 )
 from raddino.precision import dtype_name, resolve_dtype
 
@@ -150,6 +154,42 @@ def _limit_worker_threads(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def decode_in_threads(dataset: ImageFiles, batch_size: int, workers: int) -> Iterator[DecodedBatch]:
+    """The dataset's items in order, collated in batches of ``batch_size``, each batch decoded
+    by one of ``workers`` threads of this process, up to ``2 * workers`` batches ahead.
+
+    What CPU jobs use instead of worker processes. Decoding (PIL, numpy, torch) releases the
+    GIL, as does the model, so threads overlap like processes do; but a forked worker shares
+    the parent's memory copy-on-write, and while it lives every page the model writes is
+    copied first: the first batch of each job ran 1.48 s instead of 1.08 s (ViT-B/14, bf16,
+    batch 4, 2-core Xeon). Threads also skip the fork, the start-up and the pickling of
+    batches. Each thread's torch ops run single-threaded, as in worker processes.
+    """
+    starts = iter(range(0, len(dataset), batch_size))
+
+    def decode(start: int) -> DecodedBatch:
+        stop = min(start + batch_size, len(dataset))
+        return collate([dataset[index] for index in range(start, stop)])
+
+    intra_op = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    pending: deque[Future[DecodedBatch]] = deque()
+    try:
+        pending.extend(pool.submit(decode, start) for start in islice(starts, 2 * workers))
+        while pending:
+            batch = pending.popleft().result()
+            following = next(starts, None)
+            if following is not None:
+                pending.append(pool.submit(decode, following))
+            yield batch
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        # set_num_threads(1) in a thread is also the default of threads started later
+        torch.set_num_threads(intra_op)
+
+
 def store_meta(
     model: RadDino, model_id: str, options: EncodeOptions, dtype: torch.dtype, weights: str
 ) -> dict:
@@ -234,6 +274,8 @@ def build_engine(
     )
     if device.type == "cpu":
         log(f"threads: {configure_cpu_threads()} intra-op on {hardware.name}")
+        if reuse_freed_memory():
+            log("memory: freed tensors are kept for the next batch (no page faults per batch)")
     log(f"compile: {compile_choice.value} ({compile_choice.reason})")
     return InferenceEngine(
         model.backbone,
@@ -369,16 +411,24 @@ def write_decoded(
 ) -> None:
     """Decode and resize ``paths`` in ``options.num_workers`` workers, batch them, and write
     ``features(uint8 pixels (B, C, H, W))`` of each batch (or each file's reason for failing) to
-    ``writer``, with a progress bar. Used by every encoder, the pixel baseline included."""
-    loader = DataLoader(
-        ImageFiles(paths, config, options.max_pixels),
-        batch_size=options.batch_size,
-        num_workers=options.num_workers,
-        collate_fn=collate,
-        pin_memory=options.device.type == "cuda",
-        worker_init_fn=_limit_worker_threads if options.num_workers else None,
-        persistent_workers=False,
-    )
+    ``writer``, with a progress bar. Used by every encoder, the pixel baseline included.
+
+    The workers are threads for CPU jobs (:func:`decode_in_threads`), processes otherwise."""
+    dataset = ImageFiles(paths, config, options.max_pixels)
+    if options.device.type == "cpu" and options.num_workers > 0:
+        loader: Iterable[DecodedBatch] = decode_in_threads(
+            dataset, options.batch_size, options.num_workers
+        )
+    else:  # GPUs: worker processes, pinned memory
+        loader = DataLoader(
+            dataset,
+            batch_size=options.batch_size,
+            num_workers=options.num_workers,
+            collate_fn=collate,
+            pin_memory=options.device.type == "cuda",
+            worker_init_fn=_limit_worker_threads if options.num_workers else None,
+            persistent_workers=False,
+        )
     bar = tqdm(
         total=len(paths),
         unit="img",

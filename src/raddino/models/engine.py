@@ -4,13 +4,17 @@
 chosen dtype and one of three ways (``compile``):
 
 - ``off``: eager PyTorch (SDPA attention, in-place activations).
-- ``onednn``: the model traced with ``torch.jit.trace`` (attention as explicit matmuls) and frozen,
-  then fused by oneDNN Graph (``torch.jit.enable_onednn_fusion``): fused attention, linears
-  with their bias/GELU, LayerNorms. The fastest CPU mode measured, ahead of ``torch.compile``
-  and ``torch.export`` + AOTInductor (docs/encoding.md, "CPU fast path"), though TorchScript
-  is deprecated upstream; where the fuser is missing (or on Python 3.14+, which TorchScript
-  does not support) the engine runs eagerly. It is specialised per input shape and fuses from
-  the third call with a shape on.
+- ``onednn``: the blocks' folded form (:meth:`~raddino.models.vit.Block.folded_forward`:
+  LayerScale folded into the weights of ``attn.proj`` and the FFN's last linear, 1/sqrt(d)
+  into the q rows of ``attn.qkv``) traced with ``torch.jit.trace`` and frozen, which makes the
+  folded weights constants, then fused by oneDNN Graph (``torch.jit.enable_onednn_fusion``):
+  per block a qkv linear, the attention (explicit matmuls and softmax; ``attention="sdpa"``
+  traces PyTorch's flash-attention kernel instead), ``x + proj(...)``, fc1 with GELU and
+  ``x + fc2(...)``, each one partition; LayerNorms stay aten ops. The fastest CPU mode
+  measured, ahead of ``torch.compile`` and ``torch.export`` + AOTInductor (docs/encoding.md,
+  "CPU fast path"), though TorchScript is deprecated upstream; where the fuser is missing (or
+  on Python 3.14+, which TorchScript does not support) the engine runs eagerly. It is
+  specialised per input shape and fuses from the third call with a shape on.
 - ``inductor``: ``torch.compile`` with frozen weights (CPU needs a C++ compiler, CUDA Triton).
 
 Compiled modes run a fixed batch: a partial (last) batch is padded to the first batch's size.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -55,7 +60,10 @@ class InferenceEngine:
 
     ``engine(images)`` takes normalised pixels (B, 3, H, W) on ``device`` in ``dtype`` and
     returns a :class:`BackboneOutput` whose ``layers`` holds the engine's ``layers``. The
-    backbone is cast and moved in place; use one engine per backbone. ``on_event`` receives a
+    backbone is cast and moved in place (its parameters are otherwise left as they are); use
+    one engine per backbone. ``attention``: what the ``onednn`` mode traces, ``matmul`` (fused
+    by oneDNN Graph; 3-9% faster than ``sdpa`` at batch 2-8 on a Xeon with AMX, and 1.7-1.9x
+    the flash kernel's attention speed on a Zen 4 EPYC) or ``sdpa``. ``on_event`` receives a
     line for each compile step and fallback.
     """
 
@@ -67,10 +75,14 @@ class InferenceEngine:
         dtype: torch.dtype = torch.float32,
         compile: str = "off",
         layers: Sequence[int] = (),
+        attention: Literal["matmul", "sdpa"] = "matmul",
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         if compile not in BACKEND_NAMES:
             raise ValueError(f"compile {compile!r}: choose {', '.join(BACKEND_NAMES)}")
+        if attention not in ("matmul", "sdpa"):
+            raise ValueError(f"attention {attention!r}: choose matmul or sdpa")
+        self.attention = attention
         self.device = torch.device(device)
         self.dtype = dtype
         self.backbone = backbone.to(device=self.device, dtype=dtype).eval()
@@ -155,24 +167,26 @@ class InferenceEngine:
         return self._trace_for_onednn(images)
 
     def _trace_for_onednn(self, images: torch.Tensor) -> Runner:
-        """Trace with explicit-matmul attention (the pattern oneDNN Graph fuses), freeze."""
+        """Trace the blocks' folded form (:meth:`Block.folded_forward`: every residual one
+        linear + add, attention as explicit matmuls, the patterns oneDNN Graph fuses), freeze
+        (which turns the folded weights into constants)."""
         if not onednn_graph_available():
             raise RuntimeError("no oneDNN Graph fuser (this torch build, or Python 3.14+)")
         torch.jit.enable_onednn_fusion(True)  # process-wide; only TorchScript graphs see it
-        attentions = [block.attn for block in self.backbone.blocks]
+        blocks = list(self.backbone.blocks)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             # trace and freeze warn (FutureWarning) that TorchScript is deprecated; the choice of
             # this path is documented, and the tracer's own warnings are about this trace
             warnings.simplefilter("ignore")
-            for attention in attentions:
-                attention.impl = "matmul"
+            for block in blocks:
+                block.folded, block.attn.impl = True, self.attention
             try:
                 example = images.clone()  # a normal tensor: tracing rejects inference tensors
                 traced = torch.jit.trace(self._module, example, check_trace=False)
                 return torch.jit.freeze(traced)
             finally:
-                for attention in attentions:
-                    attention.impl = "sdpa"
+                for block in blocks:
+                    block.folded, block.attn.impl = False, "sdpa"
 
     def _check_fused(self, images: torch.Tensor) -> None:
         """After the profiling calls, the graph must hold oneDNN partitions, else go eager

@@ -133,6 +133,17 @@ def prefers_matmul_attention(q: torch.Tensor) -> bool:
     )
 
 
+def rows_scaled(linear: nn.Linear, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``linear``'s weight (out, in) and bias (out,) with output row i times ``scale[i]``, so
+    that ``F.linear(x, *rows_scaled(linear, scale)) == linear(x) * scale`` up to one rounding:
+    the products are taken in float32 and rounded once to the weight's dtype."""
+    factor = scale.float()
+    weight = (linear.weight.float() * factor[:, None]).to(linear.weight.dtype)
+    if linear.bias is None:
+        return weight, None
+    return weight, (linear.bias.float() * factor).to(linear.bias.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection and SDPA.
 
@@ -162,6 +173,27 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
+    def heads_prescaled(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, D) -> the heads' outputs (B, N, D) before ``proj``, with 1/sqrt(d) folded
+        into the q rows of ``qkv`` (exact for power-of-two head dims such as 64) instead of
+        scaling the (N, N) scores. Inference form for tracing: see :meth:`Block.folded_forward`."""
+        batch, tokens, dim = x.shape
+        head_dim = self.qkv.in_features // self.num_heads
+        width, device = self.qkv.in_features, self.qkv.weight.device  # constants when traced
+        scale = torch.cat(
+            [
+                torch.full((width,), head_dim**-0.5, device=device),
+                torch.ones(2 * width, device=device),
+            ]
+        )
+        qkv = F.linear(x, *rows_scaled(self.qkv, scale))
+        q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        if self.impl == "matmul":
+            out = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return out.transpose(1, 2).reshape(batch, tokens, dim)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
@@ -169,11 +201,19 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def out(self) -> nn.Linear:
+        """The last linear layer (what :meth:`Block.folded_forward` folds LayerScale into)."""
+        return self.fc2
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, hidden): the activations that :attr:`out` projects back."""
         hidden = self.fc1(x)
         # Without autograd, GELU can overwrite fc1's fresh output instead of allocating.
-        hidden = torch.ops.aten.gelu_(hidden) if can_overwrite_activations() else F.gelu(hidden)
-        return self.fc2(hidden)
+        return torch.ops.aten.gelu_(hidden) if can_overwrite_activations() else F.gelu(hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.hidden(x))
 
 
 class SwiGLUFFN(nn.Module):
@@ -184,11 +224,20 @@ class SwiGLUFFN(nn.Module):
         self.w12 = nn.Linear(dim, 2 * hidden)
         self.w3 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def out(self) -> nn.Linear:
+        """The last linear layer (what :meth:`Block.folded_forward` folds LayerScale into)."""
+        return self.w3
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, hidden): the gated activations that :attr:`out` projects back."""
         gate, up = self.w12(x).chunk(2, dim=-1)
         if not can_overwrite_activations():
-            return self.w3(F.silu(gate) * up)
-        return self.w3(F.silu(gate, inplace=True).mul_(up))  # reuse w12's fresh output
+            return F.silu(gate) * up
+        return F.silu(gate, inplace=True).mul_(up)  # reuse w12's fresh output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w3(self.hidden(x))
 
 
 class LayerScale(nn.Module):
@@ -210,7 +259,11 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(ffn(norm2(x)))."""
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(ffn(norm2(x))).
+
+    ``folded = True`` runs :meth:`folded_forward` instead: the inference form the engine
+    traces (:mod:`raddino.models.engine`); parameters and the state dict are the same.
+    """
 
     def __init__(self, config: ViTConfig, drop_path_rate: float) -> None:
         super().__init__()
@@ -224,10 +277,36 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, scale) if scale else nn.Identity()
         self.ls2 = LayerScale(dim, scale) if scale else nn.Identity()
         self.drop_path_rate = drop_path_rate
+        self.folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded:
+            return self.folded_forward(x)
         x = self.residual(x, self.attn(self.norm1(x)), self.ls1)
         return self.residual(x, self.mlp(self.norm2(x)), self.ls2)
+
+    def folded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, D) -> (B, N, D), the block's function without drop path, written as
+        ``x + linear(...)`` twice: LayerScale folded into the rows of ``attn.proj`` and of the
+        FFN's last linear layer, 1/sqrt(d) into the q rows of ``attn.qkv``.
+
+        The pattern oneDNN Graph fuses into one partition per residual (matmul, bias, add);
+        there is no separate scale of the scores nor ``addcmul``. The folded weights are
+        recomputed at every call, so this is for tracing: ``torch.jit.freeze`` turns them into
+        constants. Agrees with :meth:`forward` up to one rounding of each folded weight.
+        """
+        if self.training and self.drop_path_rate:
+            raise RuntimeError("folded_forward is for inference; drop path is active")
+        attended = self.attn.heads_prescaled(self.norm1(x))
+        x = x + self.folded_linear(attended, self.attn.proj, self.ls1)
+        return x + self.folded_linear(self.mlp.hidden(self.norm2(x)), self.mlp.out, self.ls2)
+
+    @staticmethod
+    def folded_linear(x: torch.Tensor, linear: nn.Linear, scale: nn.Module) -> torch.Tensor:
+        """``scale(linear(x))`` as one linear layer with LayerScale folded into its rows."""
+        if isinstance(scale, LayerScale):
+            return F.linear(x, *rows_scaled(linear, scale.gamma))
+        return linear(x)
 
     def residual(self, x: torch.Tensor, branch: torch.Tensor, scale: nn.Module) -> torch.Tensor:
         """x + drop_path(scale(branch)); one fused ``addcmul`` pass when nothing is dropped."""
