@@ -8,9 +8,13 @@ import os
 import sys
 import warnings
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, so data-loader worker
-# processes get the cores while the model waits (on 2 cores spinning starved them 10x).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, so worker processes
+# get the cores while the model waits (on 2 cores spinning starved them 10x). Not for
+# `raddino pretrain`: its batches are made between steps in the training process (tiny_cpu), and
+# OpenMP's default (spin briefly, then sleep) runs its steps ~1.35x faster on a 2-core Xeon
+# (benchmarks/pretrain_throughput.py). A policy set by the user is kept.
+if sys.argv[1:2] != ["pretrain"]:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 
 from raddino import __version__
