@@ -79,7 +79,8 @@ SLURM: docs/encoding.md, "Many GPUs and nodes"
         "--workers",
         type=int,
         default=2,
-        help="decoding worker processes; 0 = in-process (default: 2)",
+        help="decoding workers: threads of this process on CPUs, worker processes on GPUs; 0 = "
+        "decode between batches (default: 2)",
     )
     parser.add_argument(
         "--patch-tokens",
