@@ -244,6 +244,8 @@ def run_image_cache(
     The others wait in collectives (broadcasts of ``building`` every :data:`HEARTBEAT_S`
     seconds, then ``done`` or the error), never one collective for the whole build, so a build
     longer than the process group's timeout (NCCL's: 10 minutes) does not end the run."""
+    if not paths:  # on every process, before any collective
+        raise ValueError("no images to pre-train on")
     if not env.is_main:
         while True:
             state, error = distributed.broadcast_object(None)
