@@ -1,6 +1,6 @@
 """The OpenMP wait policy the CLI sets before torch loads: PASSIVE (idle threads sleep, so
-worker processes get the cores) except for ``raddino pretrain``, whose steps run faster with
-OpenMP's default; a policy the user set is kept."""
+worker processes get the cores) except for ``raddino pretrain`` and ``raddino demo``, whose
+training steps run faster with OpenMP's default; a policy the user set is kept."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def policy(args: list[str], user: str | None = None) -> str:
     ("args", "user", "expected"),
     [
         (["encode", "x.png"], None, "PASSIVE"),
-        (["demo", "--quick"], None, "PASSIVE"),
+        (["demo", "--quick"], None, "unset"),
+        (["study", "quick"], None, "PASSIVE"),
         (["pretrain", "--config", "tiny_cpu"], None, "unset"),
         (["pretrain"], "PASSIVE", "PASSIVE"),
         (["encode"], "ACTIVE", "ACTIVE"),
