@@ -174,18 +174,25 @@ def batched_and_reference(config: CropSection, seeds: range) -> tuple[list, list
     return batched_views(config, seeds), reference_views(config, seeds)
 
 
+def assert_same_views(batched: list, reference: list) -> None:
+    """The same views up to float32 rounding of ``pow`` and the per-view mean. On the Xeon with
+    AMX they are equal bit for bit; another CPU's kernels (SIMD width, scalar tails) may differ
+    by an ulp, which the normalisation keeps below 3e-7 (see the SIMD-tail test): 1e-6 bounds
+    it, while a wrong draw, gamma, mean or order of operations moves views by 1e-3 or more."""
+    differences = [float((a - b).abs().max()) for a, b in zip(batched, reference, strict=True)]
+    assert max(differences) <= 1e-6
+
+
 @pytest.mark.parametrize("options", [{}, EVERYTHING_ON], ids=["defaults", "rotation-flip-blur"])
 @pytest.mark.parametrize("sizes", [(32, 16), (112, 48)])
 def test_batched_views_are_the_bits_of_the_per_view_pipeline(options, sizes):
     config = CropSection(global_size=sizes[0], local_size=sizes[1], local_number=3, **options)
-    batched, reference = batched_and_reference(config, range(4))
-    assert all(torch.equal(a, b) for a, b in zip(batched, reference, strict=True))
+    assert_same_views(*batched_and_reference(config, range(4)))
 
 
 def test_tiny_cpu_preset_views_are_the_bits_of_the_per_view_pipeline():
     config = load_config("tiny_cpu").crops
-    batched, reference = batched_and_reference(config, range(3))
-    assert all(torch.equal(a, b) for a, b in zip(batched, reference, strict=True))
+    assert_same_views(*batched_and_reference(config, range(3)))
 
 
 def test_views_whose_pixel_count_leaves_a_simd_tail_differ_by_float32_rounding_only():
