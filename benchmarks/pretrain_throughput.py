@@ -37,7 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from raddino.data.manifest import collect_inputs
-from raddino.models.hardware import probe_hardware
+from raddino.models.hardware import probe_hardware, reuse_freed_memory
 from raddino.ssl.augment import MultiCrop
 from raddino.ssl.config import PretrainConfig, load_config
 from raddino.ssl.data import PretrainStream, collate_crops, step_loader
@@ -134,12 +134,15 @@ def main() -> None:
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     if args.policy_child:
+        reuse_freed_memory()  # as the trainer does on CPU
         paths = collect_inputs([args.cohort])
         with tempfile.TemporaryDirectory() as temp:
             end_to_end(paths, Path(temp), args.e2e_steps, workers, args.policy_child == "first")
         return
     print(f"CPU: {probe_hardware('cpu').name}, {os.cpu_count()} cores")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # As the trainer does on CPU (raddino.ssl.trainer), before the first large tensor.
+    print(f"freed memory kept for reuse (no page faults per step): {reuse_freed_memory()}")
     if not args.e2e_only:
         mfu_table(args.steps)
     with tempfile.TemporaryDirectory() as temp:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from raddino.ssl import losses as losses_module
 from raddino.ssl.losses import (
     SoftmaxCentering,
     dino_cross_entropy,
@@ -19,6 +20,7 @@ from raddino.ssl.losses import (
     koleo_loss,
     masked_token_weights,
     sinkhorn_knopp,
+    soft_cross_entropy,
     teacher_entropy,
 )
 
@@ -635,3 +637,56 @@ def test_losses_backpropagate_finite_nonzero_gradients():
         assert tensor.grad is not None
         assert torch.isfinite(tensor.grad).all()
         assert tensor.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- fused cross-entropy
+
+
+def plain_soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, temp: float):
+    """The textbook form, as DINOv2 writes it: -(t * log_softmax(s / T)).sum(-1)."""
+    return -(teacher * torch.log_softmax(student / temp, dim=-1)).sum(dim=-1)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 7])  # one chunk; rows one at a time
+def test_soft_cross_entropy_equals_the_plain_formula_and_its_gradient(monkeypatch, chunk_elements):
+    monkeypatch.setattr(losses_module, "_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    student = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    teacher = torch.softmax(torch.randn(5, 6, dtype=torch.float64), -1)
+    teacher[0] *= 0.5  # a row that does not sum to 1 uses its own mass
+    # float64 throughout: the custom backward must be the exact derivative.
+    assert torch.autograd.gradcheck(lambda s: soft_cross_entropy(s, teacher, 0.3), (student,))
+    expected = plain_soft_cross_entropy(student, teacher, 0.3)
+    got = soft_cross_entropy(student, teacher, 0.3)
+    # The fused form m * logsumexp - t.s computes in float32 (the losses' contract).
+    torch.testing.assert_close(got, expected.float(), rtol=1e-6, atol=1e-6, check_dtype=False)
+
+
+def test_soft_cross_entropy_of_bf16_logits_gives_a_bf16_gradient_of_the_float32_loss():
+    torch.manual_seed(1)
+    logits = torch.randn(9, 300).bfloat16()
+    teacher = torch.softmax(torch.randn(9, 300) / 0.07, -1)
+    weights = torch.rand(9)
+    fused = logits.clone().requires_grad_()
+    (soft_cross_entropy(fused, teacher, 0.1) * weights).sum().backward()
+    reference = logits.float().requires_grad_()
+    (plain_soft_cross_entropy(reference, teacher, 0.1) * weights).sum().backward()
+    assert fused.grad.dtype == torch.bfloat16
+    # One bf16 rounding of each gradient entry: relative 2^-8.
+    torch.testing.assert_close(fused.grad.float(), reference.grad, rtol=2**-8, atol=1e-7)
+
+
+def test_teacher_targets_hold_no_subnormal_numbers_and_match_softmax_elsewhere():
+    torch.manual_seed(2)
+    logits = torch.randn(4, 5000) * 3  # at temp 0.01 most entries fall far below 1e-38
+    probs = SoftmaxCentering(5000).teacher_probs(logits, 0.01)
+    reference = torch.softmax(logits.double() / 0.01, dim=-1)
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((probs == 0) | (probs >= tiny)).all()
+    assert (probs == 0).float().mean() > 0.5  # the case that matters: most entries flushed
+    normal = reference >= 2 * tiny
+    torch.testing.assert_close(probs[normal].double(), reference[normal], rtol=1e-5, atol=0)
+    assert (probs[~normal] <= 2 * tiny).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4), rtol=1e-6, atol=0)
+    targets = sinkhorn_knopp(logits, 0.01)
+    assert ((targets == 0) | (targets >= tiny)).all()

@@ -45,7 +45,8 @@ class WeightNormLinear(nn.Module):
         nn.init.kaiming_uniform_(self.weight_v, a=5**0.5)  # nn.Linear's default init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
+        # One pass over the (K, in) matrix: v times a per-row factor g / ||v||.
+        weight = self.weight_v * (self.weight_g / self.weight_v.norm(dim=1, keepdim=True))
         return F.linear(x, weight)
 
 

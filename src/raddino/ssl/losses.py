@@ -63,13 +63,92 @@ def _check_temperature(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
 
 
-def _student_log_probs(student_logits: Tensor, student_temp: float) -> Tensor:
-    return F.log_softmax(student_logits.float() / student_temp, dim=-1)
+_CHUNK_ELEMENTS = 1 << 20
+"""Rows of (B, K) prototype scores are processed in chunks of about this many entries (4 MB of
+float32): with K = 65,536 and hundreds of masked patches, whole-matrix temporaries would be
+hundreds of MB each, written and read once per elementwise pass."""
 
 
-def _row_cross_entropy(teacher_probs: Tensor, student_log_probs: Tensor) -> Tensor:
-    """(B, K), (B, K) -> (B,) of -sum_k t_k log s_k."""
-    return -(teacher_probs.float() * student_log_probs).sum(dim=-1)
+_LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+"""-87.34: ``exp`` of anything below is a float32 subnormal (< 1.18e-38)."""
+
+
+def _exp_without_subnormals_(x: Tensor) -> Tensor:
+    """``x.exp_()`` with 0 wherever the result would be subnormal.
+
+    Sharp teacher distributions (temperature 0.04-0.07 over 65,536 prototypes) put most
+    entries below 1e-38. x86 computes a subnormal result 10-100 times slower than a normal
+    one (an exp 100x, a product 16x, measured on a Xeon), and every later pass over the
+    targets pays again; as probabilities they are 0 to float32 precision anyway.
+    """
+    return x.masked_fill_(x < _LOG_TINY, -math.inf).exp_()
+
+
+def _row_chunks(rows: int, width: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _loss_dtype(tensor: Tensor) -> torch.dtype:
+    """float32, or float64 for float64 inputs (exact gradient checks)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def _scaled_float(logits: Tensor, temperature: float) -> Tensor:
+    """A float32 (or float64) copy of ``logits / temperature``, never a view of the input."""
+    scaled = torch.empty(logits.shape, dtype=_loss_dtype(logits), device=logits.device)
+    return scaled.copy_(logits).div_(temperature)
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Per-row ``-sum_k t_k log_softmax(s / T)_k`` = ``m * logsumexp(s / T) - t . s / T`` with
+    ``m = sum_k t_k``, chunk by chunk of rows; the gradient ``(m softmax(s / T) - t) / T`` is
+    written straight into a tensor of the logits' dtype. Targets get no gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+        rows, width = logits.shape
+        losses = torch.empty(rows, dtype=_loss_dtype(logits), device=logits.device)
+        normalisers = torch.empty_like(losses)
+        for part in _row_chunks(rows, width):
+            scaled = _scaled_float(logits[part], temperature)
+            target = targets[part].to(scaled.dtype)
+            normalisers[part] = torch.logsumexp(scaled, dim=-1)
+            dot = (target * scaled).sum(dim=-1)
+            losses[part] = normalisers[part] * target.sum(dim=-1) - dot
+        ctx.save_for_backward(logits, targets, normalisers)
+        ctx.temperature = temperature
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses: Tensor) -> tuple[Tensor, None, None]:
+        logits, targets, normalisers = ctx.saved_tensors
+        temperature = ctx.temperature
+        grads = torch.empty_like(logits)
+        for part in _row_chunks(*logits.shape):
+            probs = _scaled_float(logits[part], temperature).sub_(normalisers[part, None])
+            target = targets[part].to(probs.dtype)
+            _exp_without_subnormals_(probs).mul_(target.sum(dim=-1, keepdim=True))
+            factor = (grad_losses[part].to(probs.dtype) / temperature)[:, None]
+            grads[part] = probs.sub_(target).mul_(factor)
+        return grads, None, None
+
+
+def soft_cross_entropy(
+    student_logits: Tensor, teacher_probs: Tensor, student_temp: float
+) -> Tensor:
+    """(B, K), (B, K) -> (B,) float32 of ``-sum_k t_k log_softmax(s / student_temp)_k``.
+
+    Computed chunk by chunk of rows in float32 (float64 for float64 logits), without (B, K)
+    float32 temporaries: for
+    DINOv2's 65,536 prototypes the masked-patch rows make those the largest tensors of a step.
+    The gradient (for ``student_logits`` only) has the logits' dtype. Teacher probabilities
+    that require a gradient take the plain autograd formula instead.
+    """
+    if teacher_probs.requires_grad:
+        log_probs = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+        return -(teacher_probs.float() * log_probs).sum(dim=-1)
+    return _SoftCrossEntropy.apply(student_logits, teacher_probs, student_temp)
 
 
 # --------------------------------------------------------------------------- DINO (CLS token)
@@ -86,8 +165,7 @@ def dino_cross_entropy(
     _check_temperature("student_temp", student_temp)
     if student_logits.shape[0] == 0:
         raise ValueError("student_logits must have at least one row")
-    log_probs = _student_log_probs(student_logits, student_temp)
-    return _row_cross_entropy(teacher_probs, log_probs).mean()
+    return soft_cross_entropy(student_logits, teacher_probs, student_temp).mean()
 
 
 def dino_loss(
@@ -113,14 +191,11 @@ def dino_loss(
     _check_temperature("student_temp", student_temp)
     total = None
     for s_index, student in enumerate(student_logits):
-        log_probs = None
         for t_index, teacher in enumerate(teacher_probs):
             _check_pair(f"student_logits[{s_index}]", student, f"teacher_probs[{t_index}]", teacher)
             if student.shape[0] == 0:
                 raise ValueError(f"student_logits[{s_index}] must have at least one row")
-            if log_probs is None:  # one log-softmax per student chunk
-                log_probs = _student_log_probs(student, student_temp)
-            term = _row_cross_entropy(teacher, log_probs).mean()
+            term = soft_cross_entropy(student, teacher, student_temp).mean()
             total = term if total is None else total + term
     return total
 
@@ -169,13 +244,18 @@ class SoftmaxCentering(nn.Module):
         Each row's largest centred score is subtracted before the division by the temperature,
         so every row's top entry is ``exp(0)`` and the rows stay finite however wide the scores
         and however small the temperature (a score that overflows float32 once divided
-        becomes ``-inf``, i.e. probability 0, never ``inf - inf``).
+        becomes ``-inf``, i.e. probability 0, never ``inf - inf``). Probabilities below
+        float32's smallest normal number (1.18e-38) are 0 (see ``_exp_without_subnormals_``).
         """
         self._check_logits(teacher_logits)
         _check_temperature("teacher_temp", teacher_temp)
-        scores = teacher_logits.float() - self.center
-        scores -= scores.amax(dim=-1, keepdim=True)
-        return F.softmax(scores.div_(teacher_temp), dim=-1)
+        probs = torch.empty(teacher_logits.shape, dtype=torch.float32, device=self.center.device)
+        for part in _row_chunks(*probs.shape):  # in place, a chunk of rows at a time
+            scores = probs[part].copy_(teacher_logits[part]).sub_(self.center)
+            scores.sub_(scores.amax(dim=-1, keepdim=True)).div_(teacher_temp)
+            scores.masked_fill_(scores < _LOG_TINY, -math.inf)  # no subnormal inside logsumexp
+            _exp_without_subnormals_(scores.sub_(torch.logsumexp(scores, dim=-1, keepdim=True)))
+        return probs
 
     @torch.no_grad()
     def update(self, teacher_logits: Tensor) -> None:
@@ -186,8 +266,9 @@ class SoftmaxCentering(nn.Module):
         which no process has a row leaves the centre unchanged. Call after :meth:`teacher_probs`.
         """
         self._check_logits(teacher_logits)
-        logits = teacher_logits.detach().float().to(self.center.device)
-        stats = torch.cat([logits.sum(dim=0), logits.new_tensor([logits.shape[0]])])
+        logits = teacher_logits.detach().to(self.center.device)
+        row_sum = logits.sum(dim=0, dtype=torch.float32)
+        stats = torch.cat([row_sum, row_sum.new_tensor([logits.shape[0]])])
         stats = _all_reduce_sum(stats)
         row_sum, count = stats[:-1], stats[-1]
         batch_center = (row_sum / count.clamp(min=1.0)).unsqueeze(0)
@@ -228,7 +309,8 @@ def sinkhorn_knopp(
 
     Finite logits give finite targets: each row sums to 1 and has an entry >= 1 / K (scaled
     logits below float32's range are clamped to its lowest finite value). A process with no
-    rows returns (0, K) and still joins every all-reduce.
+    rows returns (0, K) and still joins every all-reduce. Terms and targets below float32's
+    smallest normal number (1.18e-38) are 0 (see ``_exp_without_subnormals_``).
     """
     _check_matrix("teacher_logits", teacher_logits)
     _check_temperature("teacher_temp", teacher_temp)
@@ -252,13 +334,15 @@ def sinkhorn_knopp(
     for iteration in range(n_iterations):
         # Each prototype: total mass 1 over the global batch (then 1/K, a constant).
         shift = _all_reduce_max(_max_over_batch(log_q)) if iteration else log_q.new_zeros(())
-        mass = torch.sub(log_q, shift, out=scratch).exp_().sum(dim=0)
+        mass = _exp_without_subnormals_(torch.sub(log_q, shift, out=scratch)).sum(dim=0)
         log_q -= shift + _all_reduce_sum(mass).log()
         # Each sample: mass 1 (then 1/B_global, a constant).
         shift = log_q.amax(dim=1, keepdim=True)
-        mass = torch.sub(log_q, shift, out=scratch).exp_().sum(dim=1, keepdim=True)
+        mass = _exp_without_subnormals_(torch.sub(log_q, shift, out=scratch)).sum(
+            dim=1, keepdim=True
+        )
         log_q -= shift + mass.log()
-    return log_q.exp_()
+    return _exp_without_subnormals_(log_q)
 
 
 def _max_over_batch(scores: Tensor) -> Tensor:
@@ -313,8 +397,7 @@ def ibot_patch_loss(
         )
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
-    log_probs = _student_log_probs(student_logits, student_temp)
-    per_token = _row_cross_entropy(teacher_probs, log_probs)
+    per_token = soft_cross_entropy(student_logits, teacher_probs, student_temp)
     return (per_token * weights.float()).sum() / n_images
 
 

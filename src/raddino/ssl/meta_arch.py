@@ -37,19 +37,31 @@ class Branch(nn.Module):
         self.dino_head = DINOHead(backbone.embed_dim, head)
         self.ibot_head = DINOHead(backbone.embed_dim, head) if separate_ibot_head else None
 
-    def patch_head(self) -> DINOHead:
-        return self.ibot_head if self.ibot_head is not None else self.dino_head
-
     def forward(
         self, globals_: torch.Tensor, locals_: torch.Tensor | None, masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Student outputs: global CLS (2B, D), global logits (2B, K), local logits (L*B, K) or
         None, masked-patch logits (M, K). One call, so DDP sees one forward per step."""
         global_out = self.backbone(globals_, masks=masks)
-        global_logits = self.dino_head(global_out.cls)
-        local_logits = self.dino_head(self.backbone(locals_).cls) if locals_ is not None else None
-        patch_logits = self.patch_head()(global_out.patches[masks])
+        local_cls = self.backbone(locals_).cls if locals_ is not None else None
+        cls = global_out.cls if local_cls is None else torch.cat([global_out.cls, local_cls])
+        cls_logits, patch_logits = self.head_logits(cls, global_out.patches[masks])
+        global_logits = cls_logits[: len(global_out.cls)]
+        local_logits = cls_logits[len(global_out.cls) :] if local_cls is not None else None
         return global_out.cls, global_logits, local_logits, patch_logits
+
+    def head_logits(
+        self, cls: torch.Tensor, patches: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS tokens (C, D) and patch tokens (M, D) -> their prototype logits (C, K), (M, K).
+
+        With one shared head (DINOv2's default), one call on the rows stacked, as DINOv2 does:
+        the head's normalised prototype matrix (K x bottleneck) is built, cast and
+        backpropagated once per step instead of once per input.
+        """
+        if self.ibot_head is not None:
+            return self.dino_head(cls), self.ibot_head(patches)
+        return self.dino_head(torch.cat([cls, patches])).split([len(cls), len(patches)])
 
 
 @dataclass
@@ -122,8 +134,9 @@ class StudentTeacher(nn.Module):
         out = self.teacher.backbone(globals_)
         half = out.cls.shape[0] // 2
         cls = torch.cat([out.cls[half:], out.cls[:half]])  # student crop 1 meets teacher crop 2
-        cls_logits = self.teacher.dino_head(cls).float()
-        patch_logits = self.teacher.patch_head()(out.patches[masks]).float()
+        # Logits stay in the head's dtype (bf16 under autocast): the centerings read them in
+        # float32 a chunk of rows at a time.
+        cls_logits, patch_logits = self.teacher.head_logits(cls, out.patches[masks])
         if self.loss_config.centering == "sinkhorn_knopp":
             cls_probs = sinkhorn_knopp(cls_logits, temp)
             patch_probs = sinkhorn_knopp(patch_logits, temp, n_rows=patch_logits.shape[0])
