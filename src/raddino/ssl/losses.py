@@ -140,8 +140,8 @@ def soft_cross_entropy(
     """(B, K), (B, K) -> (B,) float32 of ``-sum_k t_k log_softmax(s / student_temp)_k``.
 
     Computed chunk by chunk of rows in float32 (float64 for float64 logits), without (B, K)
-    float32 temporaries: for
-    DINOv2's 65,536 prototypes the masked-patch rows make those the largest tensors of a step.
+    float32 temporaries: for DINOv2's 65,536 prototypes the masked-patch rows make those the
+    largest tensors of a step.
     The gradient (for ``student_logits`` only) has the logits' dtype. Teacher probabilities
     that require a gradient take the plain autograd formula instead.
     """
