@@ -188,10 +188,13 @@ def test_cpu_training_in_bf16_takes_the_matmul_attention_and_matches_fp32_sdpa(m
     x = torch.randn(3, 17, 64, requires_grad=True)
     reference = attention(x)  # fp32: the fused SDPA kernel
     (grad_reference,) = torch.autograd.grad(reference.square().sum(), x)
-    q_bf16 = torch.zeros(1, dtype=torch.bfloat16, requires_grad=True)
-    assert prefers_matmul_attention(q_bf16)
-    assert not prefers_matmul_attention(q_bf16.detach())  # inference keeps SDPA
-    assert not prefers_matmul_attention(torch.zeros(1, requires_grad=True))  # fp32 keeps SDPA
+    weight = attention.qkv.weight
+    assert prefers_matmul_attention(weight.bfloat16(), x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert prefers_matmul_attention(weight, x)
+        with torch.no_grad():
+            assert not prefers_matmul_attention(weight, x)  # inference keeps SDPA
+    assert not prefers_matmul_attention(weight, x)  # fp32 keeps SDPA
 
     def refuse(*args, **kwargs):
         raise AssertionError("the fused kernel was called")
@@ -204,6 +207,32 @@ def test_cpu_training_in_bf16_takes_the_matmul_attention_and_matches_fp32_sdpa(m
     torch.testing.assert_close(low.float(), reference, atol=3e-2, rtol=3e-2)
     cosine = torch.nn.functional.cosine_similarity(grad_low.flatten(), grad_reference.flatten(), 0)
     assert cosine > 0.999
+
+
+def test_training_matmul_attention_folds_the_scale_into_q_exactly():
+    """1/sqrt(64) = 1/8 is a power of two: folded into q's weight rows it scales every rounded
+    product by the same exact factor, so in bf16 the output and the gradients equal those of
+    scaling the (N, N) scores, bit for bit."""
+    torch.manual_seed(0)
+    attention = Attention(dim=128, num_heads=2, qkv_bias=True)
+    x = torch.randn(2, 19, 128, requires_grad=True)
+
+    def scores_scaled(x):  # the textbook form: scale the scores
+        batch, tokens, dim = x.shape
+        qkv = attention.qkv(x).reshape(batch, tokens, 3, 2, 64).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * 0.125
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return attention.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+    results = []
+    for function in (attention, scores_scaled):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = function(x)
+        grads = torch.autograd.grad(out.float().square().sum(), [x, attention.qkv.weight])
+        results.append((out, *grads))
+    for folded, textbook in zip(*results, strict=True):
+        assert torch.equal(folded, textbook)
 
 
 @pytest.mark.parametrize("impl", ["matmul", "sdpa"])

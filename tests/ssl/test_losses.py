@@ -120,6 +120,18 @@ def test_softmax_centering_uses_current_centre_and_updates_with_momentum():
     )
 
 
+def test_softmax_centering_update_sums_rows_chunk_by_chunk_exactly(monkeypatch):
+    """The centre's row sum is accumulated a chunk of rows at a time (here 3 rows of 4): in
+    float32 it equals the float64 mean to rounding, for bf16 logits as well."""
+    monkeypatch.setattr(losses_module, "_CHUNK_ELEMENTS", 12)
+    torch.manual_seed(3)
+    logits = torch.randn(11, 4).bfloat16()
+    centering = SoftmaxCentering(4, momentum=0.75)
+    centering.update(logits)
+    expected = 0.25 * logits.double().mean(0, keepdim=True)
+    torch.testing.assert_close(centering.center, expected.float(), rtol=1e-6, atol=1e-7)
+
+
 def test_softmax_centering_state_dict_round_trip_restores_the_centre():
     torch.manual_seed(1)
     trained = SoftmaxCentering(7, momentum=0.8)

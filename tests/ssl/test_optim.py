@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from raddino.models.dino_head import HeadConfig
 from raddino.models.vit import ViTConfig
@@ -55,3 +56,9 @@ def test_schedule_is_applied_per_group(branch):
         expected = 0.0 if group["is_last_layer"] else group["lr_mult"]
         assert group["lr"] == pytest.approx(expected)
         assert group["weight_decay"] == pytest.approx(0.1 * group["wd_mult"])
+
+
+def test_the_optimiser_is_pytorchs_fused_adamw_on_cpu(branch):
+    optimizer = build_optimizer(branch, OptimSection())
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(branch.parameters()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from raddino.adamw import build_adamw
 from raddino.contrastive.model import ImageTextModel
 from raddino.ssl.config import OptimSection
 from raddino.ssl.optim import backbone_layer_id
@@ -40,9 +41,7 @@ def param_groups(model: ImageTextModel, optim: OptimSection) -> list[dict]:
 
 
 def build_optimizer(model: ImageTextModel, optim: OptimSection) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        param_groups(model, optim), lr=0.0, betas=(optim.beta1, optim.beta2), weight_decay=0.0
-    )
+    return build_adamw(param_groups(model, optim), (optim.beta1, optim.beta2))
 
 
 def set_lr_and_weight_decay(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:

@@ -118,17 +118,23 @@ def can_overwrite_activations() -> bool:
     return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
-def prefers_matmul_attention(q: torch.Tensor) -> bool:
-    """True for CPU training in bf16/fp16, where explicit matmuls beat the fused kernel.
+def prefers_matmul_attention(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """True for CPU training in bf16/fp16 (of ``qkv``'s ``weight`` and the input ``x``, or under
+    autocast), where explicit matmuls beat the fused kernel.
 
     PyTorch's CPU flash-attention backward is slow in reduced precision: forward + backward
     of explicit ``softmax(q k^T) v`` matmuls is 1.6-5x faster for 50-1,370 tokens, while in
     fp32 SDPA is 1.1-1.4x faster and kept (``benchmarks/attention_cpu.py``).
     """
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    else:
+        dtype = torch.promote_types(weight.dtype, x.dtype)
     return (
-        q.device.type == "cpu"
-        and q.requires_grad
-        and q.dtype in (torch.bfloat16, torch.float16)
+        x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and (x.requires_grad or weight.requires_grad)
+        and dtype in (torch.bfloat16, torch.float16)
         and not torch.compiler.is_compiling()
     )
 
@@ -164,19 +170,20 @@ class Attention(nn.Module):
         """x: (B, N, D) -> (B, N, D)."""
         batch, tokens, dim = x.shape
         head_dim = self.qkv.in_features // self.num_heads  # a constant, also when traced
+        if self.impl == "matmul" or prefers_matmul_attention(self.qkv.weight, x):
+            # 1/sqrt(d) folded into the q rows: no pass over the (N, N) scores, forward or back.
+            return self.proj(self.heads_prescaled(x, matmul=True))
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
-        if self.impl == "matmul" or prefers_matmul_attention(q):
-            scores = torch.matmul(q, k.transpose(-1, -2)) * float(head_dim**-0.5)
-            out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
-    def heads_prescaled(self, x: torch.Tensor) -> torch.Tensor:
+    def heads_prescaled(self, x: torch.Tensor, matmul: bool = False) -> torch.Tensor:
         """x: (B, N, D) -> the heads' outputs (B, N, D) before ``proj``, with 1/sqrt(d) folded
         into the q rows of ``qkv`` (exact for power-of-two head dims such as 64) instead of
-        scaling the (N, N) scores. Inference form for tracing: see :meth:`Block.folded_forward`."""
+        scaling the (N, N) scores; explicit matmuls if ``matmul`` or ``impl == "matmul"``, else
+        SDPA. Used for tracing (:meth:`Block.folded_forward`) and for the matmul attention of
+        :meth:`forward`; the gradient reaches ``qkv`` through the folded weight."""
         batch, tokens, dim = x.shape
         head_dim = self.qkv.in_features // self.num_heads
         width, device = self.qkv.in_features, self.qkv.weight.device  # constants when traced
@@ -188,7 +195,7 @@ class Attention(nn.Module):
         )
         qkv = F.linear(x, *rows_scaled(self.qkv, scale))
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        if self.impl == "matmul":
+        if matmul or self.impl == "matmul":
             out = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1), v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)

@@ -15,6 +15,7 @@ import re
 import torch
 from torch import nn
 
+from raddino.adamw import build_adamw
 from raddino.ssl.config import OptimSection
 from raddino.ssl.schedules import ScheduleValues
 
@@ -55,8 +56,7 @@ def param_groups(branch: nn.Module, optim: OptimSection) -> list[dict]:
 
 
 def build_optimizer(branch: nn.Module, optim: OptimSection) -> torch.optim.AdamW:
-    groups = param_groups(branch, optim)
-    return torch.optim.AdamW(groups, lr=0.0, betas=(optim.beta1, optim.beta2), weight_decay=0.0)
+    return build_adamw(param_groups(branch, optim), (optim.beta1, optim.beta2))
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, values: ScheduleValues) -> None:
