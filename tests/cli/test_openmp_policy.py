@@ -1,6 +1,7 @@
 """The OpenMP wait policy the CLI sets before torch loads: PASSIVE (idle threads sleep, so
-worker processes get the cores) except for ``raddino pretrain`` and ``raddino demo``, whose
-training steps run faster with OpenMP's default; a policy the user set is kept."""
+worker processes get the cores) except for ``raddino pretrain``, ``raddino demo`` and
+``raddino study``, whose training steps run faster with OpenMP's default; a policy the user set
+is kept."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def policy(args: list[str], user: str | None = None) -> str:
     [
         (["encode", "x.png"], None, "PASSIVE"),
         (["demo", "--quick"], None, "unset"),
-        (["study", "quick"], None, "PASSIVE"),
+        (["study", "quick"], None, "unset"),
         (["pretrain", "--config", "tiny_cpu"], None, "unset"),
         (["pretrain"], "PASSIVE", "PASSIVE"),
         (["encode"], "ACTIVE", "ACTIVE"),

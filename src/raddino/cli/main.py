@@ -10,10 +10,11 @@ import warnings
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, so worker processes
 # get the cores while the model waits (on 2 cores spinning starved them 10x). Not for
-# `raddino pretrain` and `raddino demo`: their training steps run ~1.3x faster with OpenMP's
-# default (spin briefly, then sleep), and batches are made in the training process (tiny_cpu)
-# (benchmarks/pretrain_throughput.py, docs/demo.md). A policy set by the user is kept.
-if sys.argv[1:2] not in (["pretrain"], ["demo"]):
+# `raddino pretrain`, `raddino demo` and `raddino study`: their training steps run ~1.3x faster
+# with OpenMP's default (spin briefly, then sleep), and batches are made in the training process
+# (tiny_cpu) (benchmarks/pretrain_throughput.py, docs/demo.md, docs/studies.md). A policy set by
+# the user is kept.
+if sys.argv[1:2] not in (["pretrain"], ["demo"], ["study"]):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Sequence
 
