@@ -86,7 +86,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--ablation", action="store_true", help="also pre-train and evaluate without iBOT"
     )
     parser.add_argument("--no-reports", action="store_true", help="skip report generation")
-    parser.add_argument("--workers", type=_count, default=2, help="worker processes (default: 2)")
+    parser.add_argument(
+        "--workers",
+        type=_count,
+        default=None,
+        help="worker processes for rendering, encoding and pre-training data (default: 2 for "
+        "rendering and encoding; pre-training keeps each config's train.num_workers: "
+        "tiny_cpu 0, clip_tiny_cpu 2)",
+    )
     add_device_argument(parser)
     parser.add_argument(
         "--bootstrap",

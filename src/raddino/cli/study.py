@@ -55,8 +55,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=2,
-        help="worker processes for rendering, pre-training data and encoding (default: 2)",
+        default=None,
+        help="worker processes for rendering, encoding and pre-training data (default: 2 for "
+        "rendering and encoding; pre-training keeps each config's train.num_workers: "
+        "tiny_cpu 0, clip_tiny_cpu 2)",
     )
     parser.add_argument(
         "--dry-run",

@@ -122,6 +122,10 @@ QUICK = Sizes(
 )
 
 
+DEFAULT_WORKERS = 2
+"""Worker processes for rendering and encoding when ``--workers`` is not given."""
+
+
 def default_config_path(preset: str = DEFAULT_PRESET) -> Path:
     """The installed preset the demo trains with (``raddino/presets/PRESET``)."""
     return PRESETS_DIR / preset
@@ -141,11 +145,22 @@ class DemoOptions:
     overrides: tuple[str, ...] = ()
     ablation: bool = False
     reports: bool = True
-    workers: int = 2
+    workers: int | None = None  # None: 2 for rendering and encoding, each config's loader
     device: str = "auto"
     quick: bool = False
     bootstrap: int = FULL.bootstrap
     progress: bool = True
+
+    @property
+    def pool_workers(self) -> int:
+        """Worker processes for rendering and encoding: ``--workers``, else 2."""
+        return DEFAULT_WORKERS if self.workers is None else self.workers
+
+    @property
+    def loader_overrides(self) -> list[str]:
+        """``train.num_workers`` for every pre-training when ``--workers`` was given; none
+        otherwise: each config keeps its own (``tiny_cpu`` 0, ``clip_tiny_cpu`` 2)."""
+        return [] if self.workers is None else [f"train.num_workers={self.workers}"]
 
     def __post_init__(self) -> None:
         if self.images < 20:
@@ -157,7 +172,7 @@ class DemoOptions:
             raise ValueError(f"--size {self.size}: expected 32..2048 pixels")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps {self.steps}: must be >= 1")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers {self.workers}: must be >= 0")
         if self.device not in DEVICES:
             raise ValueError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")

@@ -92,7 +92,7 @@ class Demo:
         ``key=value`` < the ablation's ``loss.ibot_weight=0``."""
         o = self.options
         overrides = [*self.sizes.overrides, f"train.seed={o.seed}", f"train.device={o.device}"]
-        overrides.append(f"train.num_workers={o.workers}")
+        overrides += o.loader_overrides
         if o.steps is not None:
             overrides.append(f"train.steps={o.steps}")
         overrides += list(o.overrides)
@@ -108,7 +108,7 @@ class Demo:
         ``key=value`` overrides are the image-only preset's and do not apply here."""
         o = self.options
         overrides = [*self.sizes.language_overrides, f"train.seed={o.seed}"]
-        overrides += [f"train.device={o.device}", f"train.num_workers={o.workers}"]
+        overrides += [f"train.device={o.device}", *o.loader_overrides]
         if o.steps is not None:
             overrides.append(f"train.steps={o.steps}")
         return overrides
@@ -191,7 +191,7 @@ class Demo:
 
         return EncodeOptions(
             batch_size=self.sizes.encode_batch,
-            num_workers=self.options.workers,
+            num_workers=self.options.pool_workers,
             device=self.options.eval_device,
             progress=self.options.progress,
         )
@@ -219,7 +219,9 @@ class Demo:
         # a first guess until this machine's rate is known: 2.3 images/s at 256 px on 2 busy
         # cores (docs/experiments/2026-11-synthetic-cohort.md); cost grows with the pixel count
         per_image = self.rates.synth_seconds_per_image or (
-            (self.sizes.size / 256) ** 2 / 2.3 * (2 / max(1, min(2, self.options.workers or 1)))
+            (self.sizes.size / 256) ** 2
+            / 2.3
+            * (2 / max(1, min(2, self.options.pool_workers or 1)))
         )
         return self.sizes.images * per_image
 
@@ -379,7 +381,7 @@ class Demo:
         summary = generate_cohort(
             self.paths.cohort,
             self.synth_config(),
-            workers=self.options.workers,
+            workers=self.options.pool_workers,
             progress=self.options.progress,
         )
         seconds = time.perf_counter() - started

@@ -45,6 +45,10 @@ class StudyPaths(DemoPaths):
         return self.root / "table.csv"
 
 
+DEFAULT_WORKERS = 2
+"""Worker processes for rendering and encoding when ``--workers`` is not given."""
+
+
 @dataclass(frozen=True)
 class StudyOptions:
     """How to run a study: where, on which device, how fast; none of these change its numbers
@@ -55,13 +59,18 @@ class StudyOptions:
     device: str = "auto"
     dtype: torch.dtype | None = torch.float32  # the encoders' (None: auto); float32 by default
     # as every evaluation command: feature caches and numbers then agree across machines
-    workers: int = 2
+    workers: int | None = None  # None: 2 for rendering and encoding, each config's loader
     progress: bool = True
     command: str = ""  # the command line, quoted in the report
 
     def __post_init__(self) -> None:
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers {self.workers}: must be >= 0")
+
+    @property
+    def pool_workers(self) -> int:
+        """Worker processes for rendering and encoding: ``--workers``, else 2."""
+        return DEFAULT_WORKERS if self.workers is None else self.workers
 
     @property
     def eval_device(self) -> str:

@@ -95,7 +95,7 @@ class Study:
         o = self.options
         return EncodeOptions(
             batch_size=32,
-            num_workers=o.workers,
+            num_workers=o.pool_workers,
             device=o.eval_device,
             dtype=o.dtype,
             progress=o.progress,
@@ -140,7 +140,7 @@ class Study:
     def guess(self, kind: str, name: str = "") -> float:
         """First guess of a stage's seconds (before calibration)."""
         if kind == "data":
-            return planning.guess_data_seconds(self.spec, self.options.workers)
+            return planning.guess_data_seconds(self.spec, self.options.pool_workers)
         if kind == "pretrain":
             return planning.guess_pretrain_seconds(self.pretrainings()[name].config)
         images = planning.data_images(self.spec)
@@ -242,7 +242,7 @@ class Study:
             generate_cohort(
                 self.paths.cohort,
                 synth_config(self.spec.data, self.spec.seed),
-                workers=self.options.workers,
+                workers=self.options.pool_workers,
                 progress=self.options.progress,
             )
         splits: dict[str, int] = {}

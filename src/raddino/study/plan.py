@@ -113,12 +113,14 @@ def select_subset(rows: list[dict[str, str]], count: int, seed: int, root: Path)
 
 
 def plan_arms(
-    spec: StudySpec, available: int, device: str = "auto", workers: int = 2
+    spec: StudySpec, available: int, device: str = "auto", workers: int | None = None
 ) -> list[ArmPlan]:
-    """Every arm resolved; ``available``: the train-split images of the data."""
+    """Every arm resolved; ``available``: the train-split images of the data; ``workers``:
+    every pre-training's loader workers (None: each config's ``train.num_workers``)."""
     plans: list[ArmPlan] = []
     shared: dict[str, str] = {}  # pre-training inputs -> stage name
-    machine = [f"train.device={device}", f"train.num_workers={workers}"]
+    machine = [f"train.device={device}"]
+    machine += [] if workers is None else [f"train.num_workers={workers}"]
     for arm in spec.arms:
         images = 0 if arm.random_init else subset_size(arm.train_fraction, available)
         overrides = [f"train.seed={spec.seed}", *spec.overrides, *arm.overrides, *machine]
