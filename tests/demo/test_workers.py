@@ -1,6 +1,6 @@
 """``--workers``: given, it sets every worker count; left out, rendering and encoding use 2 and
 each pre-training keeps its config's ``train.num_workers`` (``tiny_cpu`` makes batches in the
-training process: 1.17x the images/s of 2 workers on the demo cohort, the same losses)."""
+training process: 200 demo steps in 74 s against 79 s with 2 workers, the same losses)."""
 
 from __future__ import annotations
 
