@@ -132,3 +132,18 @@ def test_an_unreadable_image_is_replaced_together_with_its_report(
     index, _ = stream.load_indexed(g)
     assert index != 5 and index == int(stream.order(0)[(g + 1) % len(pairs.paths)])
     assert stream[g][1].tolist() == tokenizer.encode(pairs.reports[index]).ids
+
+
+def test_pair_stream_from_the_image_cache_gives_the_views_of_decoding(
+    pair_manifest: Path, tmp_path: Path
+):
+    from raddino.ssl.image_cache import open_or_build
+
+    pairs = read_pairs([pair_manifest])
+    tokenizer = train_tokenizer(pairs.reports, vocab_size=200, max_length=24)
+    cache = open_or_build(pairs.paths, CROPS.max_source_size, tmp_path, workers=0, progress=False)
+    cached = PairStream(pairs, CROPS, seed=5, global_batch=4, tokenizer=tokenizer, images=cache)
+    decoding = PairStream(pairs, CROPS, seed=5, global_batch=4, tokenizer=tokenizer)
+    for g in range(2 * len(pairs.paths)):  # two epochs
+        for got, expected in zip(cached[g], decoding[g], strict=True):
+            assert torch.equal(got, expected)

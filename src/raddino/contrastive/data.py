@@ -2,7 +2,8 @@
 
 The images go through the image-only recipe's own stream (:class:`raddino.ssl.data.
 PretrainStream`): sample ``g`` of the run is the same image, decoded the same way (grey uint8,
-the longer side shrunk to ``crops.max_source_size``), with a generator seeded by ``(seed, g)``
+the longer side shrunk to ``crops.max_source_size``; once per run, into the run's image cache,
+:mod:`raddino.ssl.image_cache`), with a generator seeded by ``(seed, g)``
 alone, so a resumed run and any number of processes see exactly the pairs of an uninterrupted
 single-process run. An unreadable image is replaced by the next one of the epoch's order,
 together with its report.
@@ -27,6 +28,7 @@ from raddino.contrastive.tokenizer import encode_report
 from raddino.data.manifest import ManifestError, read_manifest
 from raddino.ssl.config import CropSection
 from raddino.ssl.data import PretrainStream
+from raddino.ssl.image_cache import ImageCache
 
 
 @dataclass
@@ -73,7 +75,8 @@ def read_pairs(inputs: Sequence[str | Path]) -> Pairs:
 
 class PairStream(PretrainStream):
     """Map-style dataset of the run's sample number ``g`` -> (view (3, S, S), token ids (L,),
-    attention mask (L,))."""
+    attention mask (L,)); ``images``: the run's decoded images (as the image-only recipe's
+    stream), else every image is decoded when it is read."""
 
     def __init__(
         self,
@@ -82,8 +85,9 @@ class PairStream(PretrainStream):
         seed: int,
         global_batch: int,
         tokenizer: Tokenizer,
+        images: ImageCache | None = None,
     ) -> None:
-        super().__init__(pairs.paths, crops, seed, global_batch)
+        super().__init__(pairs.paths, crops, seed, global_batch, images)
         self.reports = pairs.reports
         self.tokenizer = tokenizer
 

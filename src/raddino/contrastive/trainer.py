@@ -38,6 +38,7 @@ from raddino.contrastive.tokenizer import (
 from raddino.ssl import distributed
 from raddino.ssl.checkpoint import load_latest_checkpoint, save_checkpoint
 from raddino.ssl.data import step_loader, step_progress
+from raddino.ssl.image_cache import run_image_cache
 from raddino.ssl.metrics import MetricsLog
 from raddino.ssl.run import (
     RunSummary,
@@ -192,7 +193,10 @@ def _train(
     distributed.barrier()
     log = MetricsLog(run_dir, start_step, train.tensorboard) if env.is_main else None
 
-    stream = PairStream(pairs, config.crops, train.seed, global_batch, tokenizer)
+    images = run_image_cache(
+        pairs.paths, config.crops.max_source_size, run_dir, env, progress and env.is_main
+    )
+    stream = PairStream(pairs, config.crops, train.seed, global_batch, tokenizer, images)
     loader = step_loader(
         stream, collate_pairs, train, start_step, env.rank, env.world_size, env.device
     )
