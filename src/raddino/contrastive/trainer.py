@@ -35,6 +35,7 @@ from raddino.contrastive.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from raddino.models.hardware import reuse_freed_memory
 from raddino.ssl import distributed
 from raddino.ssl.checkpoint import load_latest_checkpoint, save_checkpoint
 from raddino.ssl.data import step_loader, step_progress
@@ -150,6 +151,8 @@ def _train(
 ) -> RunSummary:
     train = config.train
     precision = training_precision(train.precision, env.device)
+    if env.device.type == "cpu":
+        reuse_freed_memory()  # as the image-only trainer: no fresh pages for each activation
     pairs = read_pairs(data)
 
     existing = existing_run(run_dir, resume)
