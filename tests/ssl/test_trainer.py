@@ -51,6 +51,26 @@ def test_run_directory_holds_config_metrics_and_checkpoints(tiny_run: Path):
     assert [step for step, _ in list_checkpoints(tiny_run)] == [4, 6, 8]
 
 
+def test_logged_throughput_includes_the_wait_for_each_batch(
+    pretrain_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``images_per_s`` is the wall rate of the step, its batch's making included: with every
+    batch taking 0.3 s to collate (in the training process: 0 workers), no step of 4 images can
+    log more than 4 / 0.3 images/s, however fast the model."""
+    import raddino.ssl.trainer as trainer_module
+
+    real = trainer_module.collate_crops
+
+    def slow_collate(samples):
+        time.sleep(0.3)
+        return real(samples)
+
+    monkeypatch.setattr(trainer_module, "collate_crops", slow_collate)
+    pretrain(tiny_config("train.steps=3"), [str(pretrain_images)], tmp_path, progress=False)
+    rates = [row["images_per_s"] for row in read_metrics(tmp_path)]
+    assert len(rates) == 3 and all(0 < rate < 4 / 0.3 for rate in rates)
+
+
 def test_last_layer_is_frozen_for_the_set_steps(pretrain_images: Path, tmp_path: Path):
     config = tiny_config("train.steps=3", "train.checkpoint_every=1", "train.keep_last=5")
     pretrain(config, [str(pretrain_images)], tmp_path, progress=False)

@@ -207,9 +207,9 @@ def _train(
     o = config.optim
     started = time.perf_counter()
     last: dict[str, float] = {}
+    step_start = started  # each step's time starts when it begins waiting for its batch
     try:
         for step, batch in zip(range(start_step, train.steps), loader, strict=False):
-            step_start = time.perf_counter()
             step_lr = cosine_schedule(step, lr, o.min_lr, train.steps, o.warmup_steps)
             weight_decay = cosine_schedule(step, o.weight_decay, o.weight_decay_end, train.steps)
             set_lr_and_weight_decay(optimizer, step_lr, weight_decay)
@@ -237,6 +237,7 @@ def _train(
             done = step + 1
             if done % train.checkpoint_every == 0 or done == train.steps:
                 save_run_checkpoint(run_dir, done, model, optimizer, scaler, config, env)
+            step_start = time.perf_counter()
     finally:
         bar.close()
         if log is not None:

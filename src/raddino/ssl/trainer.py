@@ -248,9 +248,9 @@ def _train(
     started = time.perf_counter()
     last: dict[str, float] = {}
     step = start_step
+    step_start = started  # each step's time starts when it begins waiting for its batch
     try:
         for step, batch in zip(range(start_step, train.steps), loader, strict=False):
-            step_start = time.perf_counter()
             values = schedules.at(step)
             apply_schedule(optimizer, values)
             globals_ = batch.globals_.to(env.device, non_blocking=True)
@@ -295,6 +295,7 @@ def _train(
             done = step + 1
             if done % train.checkpoint_every == 0 or done == train.steps:
                 save_run_checkpoint(run_dir, done, meta, optimizer, scaler, config, env, sharded)
+            step_start = time.perf_counter()
     finally:
         bar.close()
         if log is not None:
