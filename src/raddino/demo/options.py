@@ -126,6 +126,18 @@ DEFAULT_WORKERS = 2
 """Worker processes for rendering and encoding when ``--workers`` is not given."""
 
 
+def pool_workers(workers: int | None) -> int:
+    """Worker processes for rendering and encoding (``raddino demo`` and ``raddino study``):
+    ``--workers``, else :data:`DEFAULT_WORKERS`."""
+    return DEFAULT_WORKERS if workers is None else workers
+
+
+def loader_overrides(workers: int | None) -> list[str]:
+    """``train.num_workers`` for every pre-training when ``--workers`` was given; none
+    otherwise: each config keeps its own (``tiny_cpu`` 0, ``clip_tiny_cpu`` 2)."""
+    return [] if workers is None else [f"train.num_workers={workers}"]
+
+
 def default_config_path(preset: str = DEFAULT_PRESET) -> Path:
     """The installed preset the demo trains with (``raddino/presets/PRESET``)."""
     return PRESETS_DIR / preset
@@ -153,14 +165,7 @@ class DemoOptions:
 
     @property
     def pool_workers(self) -> int:
-        """Worker processes for rendering and encoding: ``--workers``, else 2."""
-        return DEFAULT_WORKERS if self.workers is None else self.workers
-
-    @property
-    def loader_overrides(self) -> list[str]:
-        """``train.num_workers`` for every pre-training when ``--workers`` was given; none
-        otherwise: each config keeps its own (``tiny_cpu`` 0, ``clip_tiny_cpu`` 2)."""
-        return [] if self.workers is None else [f"train.num_workers={self.workers}"]
+        return pool_workers(self.workers)
 
     def __post_init__(self) -> None:
         if self.images < 20:

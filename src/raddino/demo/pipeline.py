@@ -25,6 +25,7 @@ from raddino.demo.options import (
     STRUCTURES,
     DemoOptions,
     DemoPaths,
+    loader_overrides,
 )
 from raddino.demo.stages import (
     Stage,
@@ -92,7 +93,7 @@ class Demo:
         ``key=value`` < the ablation's ``loss.ibot_weight=0``."""
         o = self.options
         overrides = [*self.sizes.overrides, f"train.seed={o.seed}", f"train.device={o.device}"]
-        overrides += o.loader_overrides
+        overrides += loader_overrides(o.workers)
         if o.steps is not None:
             overrides.append(f"train.steps={o.steps}")
         overrides += list(o.overrides)
@@ -108,7 +109,7 @@ class Demo:
         ``key=value`` overrides are the image-only preset's and do not apply here."""
         o = self.options
         overrides = [*self.sizes.language_overrides, f"train.seed={o.seed}"]
-        overrides += [f"train.device={o.device}", *o.loader_overrides]
+        overrides += [f"train.device={o.device}", *loader_overrides(o.workers)]
         if o.steps is not None:
             overrides.append(f"train.steps={o.steps}")
         return overrides

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from raddino.demo.options import DemoPaths
+from raddino.demo.options import DemoPaths, pool_workers
 from raddino.study.spec import StudySpec
 
 
@@ -45,10 +45,6 @@ class StudyPaths(DemoPaths):
         return self.root / "table.csv"
 
 
-DEFAULT_WORKERS = 2
-"""Worker processes for rendering and encoding when ``--workers`` is not given."""
-
-
 @dataclass(frozen=True)
 class StudyOptions:
     """How to run a study: where, on which device, how fast; none of these change its numbers
@@ -69,8 +65,7 @@ class StudyOptions:
 
     @property
     def pool_workers(self) -> int:
-        """Worker processes for rendering and encoding: ``--workers``, else 2."""
-        return DEFAULT_WORKERS if self.workers is None else self.workers
+        return pool_workers(self.workers)
 
     @property
     def eval_device(self) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raddino.demo.options import loader_overrides
 from raddino.ssl.config import load_config
 from raddino.study.spec import Arm, ManifestData, StudySpec, SyntheticData, synth_config
 
@@ -119,8 +120,7 @@ def plan_arms(
     every pre-training's loader workers (None: each config's ``train.num_workers``)."""
     plans: list[ArmPlan] = []
     shared: dict[str, str] = {}  # pre-training inputs -> stage name
-    machine = [f"train.device={device}"]
-    machine += [] if workers is None else [f"train.num_workers={workers}"]
+    machine = [f"train.device={device}", *loader_overrides(workers)]
     for arm in spec.arms:
         images = 0 if arm.random_init else subset_size(arm.train_fraction, available)
         overrides = [f"train.seed={spec.seed}", *spec.overrides, *arm.overrides, *machine]
