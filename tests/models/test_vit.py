@@ -8,6 +8,7 @@ import torch
 from raddino.models import vit
 from raddino.models.vit import (
     Attention,
+    PatchEmbed,
     VisionTransformer,
     ViTConfig,
     prefers_matmul_attention,
@@ -207,6 +208,58 @@ def test_cpu_training_in_bf16_takes_the_matmul_attention_and_matches_fp32_sdpa(m
     torch.testing.assert_close(low.float(), reference, atol=3e-2, rtol=3e-2)
     cosine = torch.nn.functional.cosine_similarity(grad_low.flatten(), grad_reference.flatten(), 0)
     assert cosine > 0.999
+
+
+def test_flattened_patches_times_the_flattened_kernel_is_the_strided_convolution():
+    torch.manual_seed(0)
+    embed = PatchEmbed(patch_size=7, in_chans=3, embed_dim=16).double()
+    images = torch.randn(2, 3, 21, 35, dtype=torch.float64)
+    weight, bias = embed.proj.weight, embed.proj.bias
+    linear = torch.nn.functional.linear(vit.flatten_patches(images, 7), weight.flatten(1), bias)
+    assert linear.shape == (2, 3 * 5, 16)
+    torch.testing.assert_close(linear, embed(images), rtol=1e-12, atol=1e-12)  # float64: exact
+    # the token order is the convolution's: row-major over the (3, 5) grid
+    conv = torch.nn.functional.conv2d(images, weight, bias, stride=7)  # (2, 16, 3, 5)
+    torch.testing.assert_close(linear[:, 5 * 2 + 4], conv[:, :, 2, 4], rtol=1e-12, atol=1e-12)
+
+
+class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the aten ops that run (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_cpu_bf16_patch_embedding_runs_as_a_linear_layer_with_the_conv_gradients():
+    """Under CPU bf16 autocast no convolution runs (oneDNN's was 2.9-9.7x slower forward and
+    backward); output and weight gradient match the float64 convolution to bf16 precision
+    (inputs rounded to 8 bits of mantissa: relative error ~2^-8 per product, summed over
+    3 * 14 * 14 = 588 terms of random sign, so a few 1e-2 at most against values ~1)."""
+    torch.manual_seed(0)
+    embed = PatchEmbed(patch_size=14, in_chans=3, embed_dim=32)
+    images = torch.randn(4, 3, 28, 42)
+    reference = embed.double()(images.double())
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), embed.proj.weight)
+    embed.float()
+    ops = _OpNames()
+    with ops, torch.autocast("cpu", dtype=torch.bfloat16):
+        low = embed(images)
+        (grad_low,) = torch.autograd.grad(low.float().square().sum(), embed.proj.weight)
+    assert not any("convolution" in name for name in ops.names), sorted(ops.names)
+    assert low.dtype == torch.bfloat16 and low.shape == (4, 2 * 3, 32)
+    torch.testing.assert_close(low.double(), reference, atol=3e-2, rtol=3e-2)
+    cosine = torch.nn.functional.cosine_similarity(grad_low.double().flatten(),
+                                                   grad_reference.flatten(), 0)  # fmt: skip
+    assert cosine > 0.999
+    fp32 = _OpNames()
+    with fp32:
+        embed(images)
+    assert any("convolution" in name for name in fp32.names)  # fp32 keeps the convolution
 
 
 def test_training_matmul_attention_folds_the_scale_into_q_exactly():

@@ -93,7 +93,14 @@ def vit_config(size: str, **overrides) -> ViTConfig:
 
 
 class PatchEmbed(nn.Module):
-    """(B, C, H, W) -> (B, H/p * W/p, D) by a stride-p convolution."""
+    """(B, C, H, W) images -> (B, h*w, D) patch tokens, with a stride-``p`` convolution's weights.
+
+    On CPU in bf16/fp16 (:func:`reduced_precision_on_cpu`) the same function runs as one linear
+    layer on the flattened patches: oneDNN's convolution took 2.9-9.7x as long forward and
+    backward, 1.5-2.5x forward alone, for the crops of ``tiny_cpu`` and ViT-S/14 and a 518 px
+    ViT-B/14 batch (``benchmarks/patch_embed_cpu.py``; in fp32 the two are close). The
+    parameters (``proj.weight`` (D, C, p, p), ``proj.bias``) are the convolution's either way.
+    """
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
@@ -106,7 +113,18 @@ class PatchEmbed(nn.Module):
             raise ValueError(
                 f"input size {height}x{width} is not a multiple of the patch size {self.patch_size}"
             )
+        if reduced_precision_on_cpu(self.proj.weight, images):
+            return F.linear(flatten_patches(images, self.patch_size), self.proj.weight.flatten(1),
+                            self.proj.bias)  # fmt: skip
         return self.proj(images).flatten(2).transpose(1, 2)
+
+
+def flatten_patches(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, h*w, C*size*size): non-overlapping patches in row-major order, each
+    flattened as a (C, size, size) convolution kernel is. (No arithmetic on the sizes, so a
+    traced graph holds no ops for them.)"""
+    blocks = images.unflatten(2, (-1, size)).unflatten(4, (-1, size))  # (B, C, h, p, w, p)
+    return blocks.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
 
 
 def can_overwrite_activations() -> bool:
@@ -118,6 +136,18 @@ def can_overwrite_activations() -> bool:
     return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
+def reduced_precision_on_cpu(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """True where an op of ``weight`` on ``x`` computes in bf16/fp16 on the CPU: under CPU
+    autocast to one of them, or with such a weight or input outside autocast."""
+    if x.device.type != "cpu":
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    else:
+        dtype = torch.promote_types(weight.dtype, x.dtype)
+    return dtype in (torch.bfloat16, torch.float16)
+
+
 def prefers_matmul_attention(weight: torch.Tensor, x: torch.Tensor) -> bool:
     """True for CPU training in bf16/fp16 (of ``qkv``'s ``weight`` and the input ``x``, or under
     autocast), where explicit matmuls beat the fused kernel.
@@ -126,15 +156,10 @@ def prefers_matmul_attention(weight: torch.Tensor, x: torch.Tensor) -> bool:
     of explicit ``softmax(q k^T) v`` matmuls is 1.6-5x faster for 50-1,370 tokens, while in
     fp32 SDPA is 1.1-1.4x faster and kept (``benchmarks/attention_cpu.py``).
     """
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-    else:
-        dtype = torch.promote_types(weight.dtype, x.dtype)
     return (
-        x.device.type == "cpu"
+        reduced_precision_on_cpu(weight, x)
         and torch.is_grad_enabled()
         and (x.requires_grad or weight.requires_grad)
-        and dtype in (torch.bfloat16, torch.float16)
         and not torch.compiler.is_compiling()
     )
 
