@@ -19,17 +19,28 @@
    and with OpenMP's default (idle threads spin a while first), as part 1 runs.
 
     python benchmarks/pretrain_throughput.py [--steps 3] [--e2e-steps 32] [--workers 0,1,2]
+
+``--profile vit-s`` (or ``tiny_cpu``) instead shows where one step's time goes: the phases
+(teacher forward and targets, student forward, losses, backward, AdamW, teacher EMA) over
+``--steps`` steps (at least 5) and page faults per step, then one step under torch.profiler:
+the matmul kernels' share of the op time and GFLOP/s (the largest by shape, against the peak)
+and the largest other ops.
+
+    python benchmarks/pretrain_throughput.py --profile vit-s [--precision bf16] [--steps 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,6 +60,9 @@ from raddino.ssl.run import autocast_context, training_precision
 from raddino.ssl.trainer import build_meta, make_schedules
 
 CPU = torch.device("cpu")
+WARM_UP = 3
+"""Untimed steps before a row: malloc's heap grows over the first three ViT-S steps (about 530,000,
+160,000 and 33,000 page faults, then almost none), which would slow the first timed ones."""
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
@@ -66,11 +80,33 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, trials: 
     return best
 
 
+class PhaseClock:
+    """Seconds spent in each phase of the training step, summed over the steps run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def wrap(self, name: str, function: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            with self.phase(name):
+                return function(*args, **kwargs)
+
+        return timed
+
+
 def make_batch_step(
-    config: PretrainConfig,
+    config: PretrainConfig, clock: PhaseClock | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor | None], None]:
     """A closure running one training step on the crops it is given: globals (2b, 3, S, S),
-    locals (N b, 3, s, s) or None (fixed iBOT masks)."""
+    locals (N b, 3, s, s) or None (fixed iBOT masks); ``clock`` times its phases."""
     torch.manual_seed(0)
     meta = build_meta(config)
     meta.train()
@@ -79,19 +115,27 @@ def make_batch_step(
     precision = training_precision(config.train.precision, CPU)
     grid = config.crops.global_size // config.model.patch_size
     masks = sample_batch_masks(2 * config.train.batch_size, (grid, grid), np.random.default_rng(0))
+    clock = clock or PhaseClock()
+    meta.teacher_targets = clock.wrap("teacher forward + targets", meta.teacher_targets)
+    meta.student.forward = clock.wrap("student forward", meta.student.forward)
 
     def step(globals_: torch.Tensor, locals_: torch.Tensor | None) -> None:
-        with autocast_context(precision, CPU):
+        with clock.phase("forward"), autocast_context(precision, CPU):
             out = meta(globals_, locals_, masks, 0.07)
-        optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        optimizer.step()
-        meta.update_teacher(0.99)
+        with clock.phase("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+        with clock.phase("AdamW"):
+            optimizer.step()
+        with clock.phase("teacher EMA"):
+            meta.update_teacher(0.99)
 
     return step
 
 
-def make_step(config: PretrainConfig) -> tuple[Callable[[], None], int]:
+def make_step(
+    config: PretrainConfig, clock: PhaseClock | None = None
+) -> tuple[Callable[[], None], int]:
     """A closure running one training step on fixed random crops, and the batch size."""
     b, crops = config.train.batch_size, config.crops
     globals_ = torch.randn(2 * b, 3, crops.global_size, crops.global_size)
@@ -100,7 +144,7 @@ def make_step(config: PretrainConfig) -> tuple[Callable[[], None], int]:
         if crops.local_number
         else None
     )
-    batch_step = make_batch_step(config)
+    batch_step = make_batch_step(config, clock)
     return lambda: batch_step(globals_, locals_), b
 
 
@@ -112,7 +156,8 @@ def measure(name: str, config: PretrainConfig, steps: int) -> None:
     with counter:
         step()
     flops = counter.get_total_flops()
-    step()  # warm-up
+    for _ in range(WARM_UP - 1):
+        step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -138,6 +183,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160, help="their size (the demo's: 160)")
     parser.add_argument("--cohort", help="a folder of images instead of rendering a cohort")
     parser.add_argument("--e2e-only", action="store_true", help="skip the MFU table")
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILED), help="instead: where one step's time goes"
+    )
+    parser.add_argument(
+        "--precision", default="bf16", choices=["bf16", "fp32"], help="of --profile"
+    )
     parser.add_argument("--policy-child", help=argparse.SUPPRESS)  # one end-to-end part
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
@@ -151,6 +202,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     # As the trainer does on CPU (raddino.ssl.trainer), before the first large tensor.
     print(f"freed memory kept for reuse (no page faults per step): {reuse_freed_memory()}")
+    if args.profile:
+        profile_step(args.profile, args.precision, max(args.steps, 5))
+        return
     if not args.e2e_only:
         mfu_table(args.steps)
     with tempfile.TemporaryDirectory() as temp:
@@ -165,18 +219,82 @@ def main() -> None:
             subprocess.run(command, env=env, check=True)
 
 
+VIT_S = [
+    "model.arch=small", "model.patch_size=14", "model.image_size=224", "crops.global_size=224",
+    "crops.local_size=98", "crops.local_number=8", "train.batch_size=8",
+]  # fmt: skip
+PROFILED = {"vit-s": (None, VIT_S), "tiny_cpu": ("tiny_cpu", [])}
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+              "aten::_scaled_dot_product_flash_attention_for_cpu")  # fmt: skip
+
+
 def mfu_table(steps: int) -> None:
     print("peak: GFLOP/s of a 2048^2 matmul in the row's precision, best of 5, after the row")
-    vit_s = [
-        "model.arch=small", "model.patch_size=14", "model.image_size=224",
-        "crops.global_size=224", "crops.local_size=98", "crops.local_number=8",
-        "train.batch_size=8",
-    ]  # fmt: skip
     for precision in ("fp32", "bf16"):
         tiny = load_config("tiny_cpu", [f"train.precision={precision}"])
         measure("tiny_cpu (2x112 + 4x48)", tiny, steps)
-        small = load_config(None, [*vit_s, f"train.precision={precision}"])
+        small = load_config(None, [*VIT_S, f"train.precision={precision}"])
         measure("ViT-S/14 (2x224 + 8x98)", small, steps)
+
+
+def page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def profile_step(which: str, precision: str, steps: int) -> None:
+    """Where one training step's time goes: its phases, timed over ``steps`` steps, then one
+    step under torch.profiler: the matmul kernels (their share, GFLOP/s by shape against the
+    peak) and the largest other ops by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    preset, overrides = PROFILED[which]
+    config = load_config(preset, [*overrides, f"train.precision={precision}"])
+    clock = PhaseClock()
+    step, batch = make_step(config, clock)
+    for _ in range(WARM_UP):
+        step()
+    clock.seconds.clear()
+    faults, start = page_faults(), time.perf_counter()
+    for _ in range(steps):
+        step()
+    total = (time.perf_counter() - start) / steps
+    faults = (page_faults() - faults) / steps
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peak = matmul_peak(dtype)
+    print(f"{which} {precision}, batch {batch}: {total * 1e3:.0f} ms per step "
+          f"({batch / total:.2f} img/s), {faults:.0f} page faults per step; "
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
+    ms = {name: seconds / steps * 1e3 for name, seconds in clock.seconds.items()}
+    teacher, student = ms.pop("teacher forward + targets"), ms.pop("student forward")
+    rows = [("teacher forward + targets", teacher), ("student forward", student),
+            ("losses", ms.pop("forward") - teacher - student), *ms.items()]  # fmt: skip
+    for name, value in rows:
+        print(f"  {name:<28} {value:8.1f} ms  {value / (total * 1e3):6.1%}")
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        step()
+    events = prof.key_averages(group_by_input_shape=True)
+    profiled = sum(e.self_cpu_time_total for e in events) / 1e6
+    matmuls = [e for e in events if e.key in MATMUL_OPS]
+    seconds = sum(e.self_cpu_time_total for e in matmuls) / 1e6
+    flops = sum(e.flops for e in matmuls)
+    rate = flops / seconds
+    print(f"one step under the profiler: {profiled * 1e3:.0f} ms of op self time; matmul "
+          f"kernels {seconds * 1e3:.0f} ms ({seconds / profiled:.0%}) at "
+          f"{rate / 1e9:.0f} GFLOP/s, {rate / peak:.0%} of the peak")  # fmt: skip
+    print("  largest matmul kernels (op, shapes, ms, GFLOP/s):")
+    for e in sorted(matmuls, key=lambda e: -e.self_cpu_time_total)[:12]:
+        rate = e.flops / (e.self_cpu_time_total / 1e6) / 1e9 if e.self_cpu_time_total else 0
+        shapes = [list(shape) for shape in e.input_shapes if shape]
+        print(f"    {e.key.removeprefix('aten::')[:12]:<12} {str(shapes)[:60]:<60} "
+              f"{e.self_cpu_time_total / 1e3:7.1f} {rate:6.0f}")  # fmt: skip
+    others: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.key not in MATMUL_OPS:
+            others[e.key] += e.self_cpu_time_total / 1e3
+    print("  largest other ops (self ms):")
+    for name, value in sorted(others.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {name[:52]:<52} {value:7.1f}  {value / (profiled * 1e3):6.1%}")
 
 
 # --------------------------------------------------------------------------- end to end
