@@ -61,8 +61,9 @@ from raddino.ssl.trainer import build_meta, make_schedules
 
 CPU = torch.device("cpu")
 WARM_UP = 3
-"""Untimed steps before a row: malloc's heap grows over the first three ViT-S steps (about 530,000,
-160,000 and 33,000 page faults, then almost none), which would slow the first timed ones."""
+"""Untimed steps before an MFU row or a profile: malloc's heap grows over the first three ViT-S
+steps (about 530,000, 160,000 and 33,000 page faults, then almost none), which would slow the
+first timed ones."""
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, trials: int = 5) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from raddino.models import vit
 from raddino.models.vit import (
@@ -223,7 +224,7 @@ def test_flattened_patches_times_the_flattened_kernel_is_the_strided_convolution
     torch.testing.assert_close(linear[:, 5 * 2 + 4], conv[:, :, 2, 4], rtol=1e-12, atol=1e-12)
 
 
-class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+class _OpNames(TorchDispatchMode):
     """Records the aten ops that run (forward and backward)."""
 
     def __init__(self) -> None:
