@@ -15,7 +15,7 @@ HELP = (
 )
 EXAMPLES = """examples:
   raddino pretrain --config tiny_cpu --data images/ --out runs/tiny
-  raddino pretrain --config tiny_cpu train.steps=1200 --data images/ --out runs/tiny  # to 1200
+  raddino pretrain --config tiny_cpu train.steps=1600 --data images/ --out runs/tiny  # to 1600
   torchrun --nproc-per-node 4 -m raddino pretrain --config vitb14_cxr \\
       --data manifest.csv --out runs/vitb14
   raddino pretrain --config clip_tiny_cpu --data cohort/manifest.csv --out runs/clip
