@@ -25,7 +25,7 @@ def start(*argv: str) -> tuple[subprocess.Popen, str, list[str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
     )
     lines = []
     for line in process.stdout:
@@ -37,8 +37,16 @@ def start(*argv: str) -> tuple[subprocess.Popen, str, list[str]]:
 
 
 def stop(process: subprocess.Popen, how: int = signal.SIGINT) -> tuple[int, str, str]:
+    """Send ``how``; (exit code, stdout, stderr). A server still running 60 s later is aborted
+    and the test fails with every thread's stack (faulthandler, enabled in :func:`start`)."""
     process.send_signal(how)
-    out, err = process.communicate(timeout=30)
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        out, err = process.communicate(timeout=30)
+        message = f"still running 60 s after signal {how}; stdout {out!r}; threads:\n{err}"
+        raise AssertionError(message) from None
     return process.returncode, out, err
 
 
