@@ -18,6 +18,13 @@ from tests.view.conftest import Cohort
 from tests.viz.conftest import tiny_model
 
 
+def default_sigint() -> None:
+    """In the child before it starts Python: SIGINT back to its default. A shell that runs the
+    suite in the background (``make test &``) ignores SIGINT, children inherit that, and Python
+    then installs no Ctrl-C handler, so the server would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*argv: str) -> tuple[subprocess.Popen, str, list[str]]:
     """``raddino view ARGV`` in a process of its own; (process, URL, lines before it)."""
     process = subprocess.Popen(
@@ -26,6 +33,7 @@ def start(*argv: str) -> tuple[subprocess.Popen, str, list[str]]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
+        preexec_fn=default_sigint,
     )
     lines = []
     for line in process.stdout:
