@@ -54,7 +54,13 @@ def study_group(device: str) -> Iterator[None]:
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        # Every process past the final announcement (process 0 sends it on failure too) before
+        # any tears the group down: a gloo group destroyed while a peer still read it aborted a
+        # process once in a CI run ("terminate called without an active exception").
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def announce(message: object) -> None:
