@@ -54,21 +54,18 @@ def study_group(device: str) -> Iterator[None]:
     try:
         yield
     finally:
-        # Every process past the final announcement (process 0 sends it on failure too) before
-        # any tears the group down: a gloo group destroyed while a peer still read it aborted a
-        # process once in a CI run ("terminate called without an active exception").
-        try:
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def announce(message: object) -> None:
     """Process 0: send ``message`` (a pre-training stage's name, or None when done) to the
-    others; a no-op in one process."""
+    others; a no-op in one process. After None, wait until every process has read it (see
+    :func:`follow`)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [message]
         dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+        if message is None:
+            dist.barrier()
 
 
 def follow(pretrain: Callable[[str], object]) -> None:
@@ -78,5 +75,9 @@ def follow(pretrain: Callable[[str], object]) -> None:
         box: list[object] = [None]
         dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
         if box[0] is None:
+            # Meets process 0's barrier after its last message: no process tears the gloo
+            # group down while a peer still reads it (that aborted process 0 once in a CI run,
+            # "terminate called without an active exception").
+            dist.barrier()
             return
         pretrain(str(box[0]))
