@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raddino.demo import first_guess
 from raddino.demo.options import (
     LABEL_LANGUAGE,
     LABEL_NO_IBOT,
@@ -216,31 +217,40 @@ class Demo:
         if reports.get("inputs", {}).get("sizes") == self.report_inputs():
             self.rates.report_seconds = reports.get("seconds")
 
+    # first guesses until this machine's rates are measured: raddino.demo.first_guess
+
     def estimate_cohort(self) -> float:
-        # a first guess until this machine's rate is known: 2.3 images/s at 256 px on 2 busy
-        # cores (docs/experiments/2026-11-synthetic-cohort.md); cost grows with the pixel count
-        per_image = self.rates.synth_seconds_per_image or (
-            (self.sizes.size / 256) ** 2
-            / 2.3
-            * (2 / max(1, min(2, self.options.pool_workers or 1)))
+        per_image = self.rates.synth_seconds_per_image
+        if per_image:
+            return self.sizes.images * per_image
+        return first_guess.synth_seconds(
+            self.sizes.images, self.sizes.size, self.options.pool_workers
         )
-        return self.sizes.images * per_image
 
     def estimate_pretrain(self, stage: str) -> float:
         config = self.configs[stage]
-        # a first guess until a step is timed: ~40 images/s for tiny_cpu on 2 cores
-        # (docs/experiments/2026-11-cpu-preset-rounds.md)
         rates = self.rates.pretrain_seconds_per_step
-        per_step = rates.get(stage) or rates.get("pretrain") or config.train.batch_size / 40
+        per_step = first_guess.pretrain_seconds_per_step(config)
+        if stage in rates:
+            per_step = rates[stage]
+        elif "pretrain" in rates:  # the image-only stage's rate, scaled by compute
+            per_step *= rates["pretrain"] / first_guess.pretrain_seconds_per_step(
+                self.configs["pretrain"]
+            )
         return config.train.steps * per_step
 
     def estimate_evaluate(self) -> float:
-        per_image = self.rates.eval_seconds_per_image or 0.05
-        return len(self.encoder_specs()) * self.sizes.images * per_image + 10
+        specs = self.encoder_specs()
+        per_image = self.rates.eval_seconds_per_image
+        if per_image:
+            return len(specs) * self.sizes.images * per_image + 10
+        cost = len(specs) - 1 + first_guess.PIXELS_EVAL_COST
+        return first_guess.eval_seconds(self.sizes.images, cost, self.sizes.seg_epochs)
 
     def estimate_reports(self) -> float:
         r = self.sizes.report
-        return self.rates.report_seconds or 2 * (r.steps * r.batch_size * 0.012 + r.test_rows * 0.4)
+        per_encoder = first_guess.report_seconds(r.steps * r.batch_size, r.test_rows)
+        return self.rates.report_seconds or len(self.learned_specs()) * per_encoder
 
     # ------------------------------------------------------------------ stages
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raddino.demo import first_guess
 from raddino.demo.options import loader_overrides
 from raddino.ssl.config import load_config
 from raddino.study.spec import Arm, ManifestData, StudySpec, SyntheticData, synth_config
@@ -25,15 +26,6 @@ from raddino.study.spec import Arm, ManifestData, StudySpec, SyntheticData, synt
 if TYPE_CHECKING:
     from raddino.contrastive.config import ContrastiveConfig
     from raddino.ssl.config import PretrainConfig
-
-
-# First guesses of the ETA, replaced by rates measured in this study's finished stages. Measured
-# on the project's 2-core Xeon (README, "What make demo shows"): the cohort renders 2,000 images
-# of 160 px in 2 min 56 s; tiny_cpu trains 800 steps of 32 images in 6 min 16 s; comparing four
-# encoders (one of them raw pixels) on those images with 20 segmentation epochs takes 4 min 31 s.
-SYNTH_SECONDS_PER_IMAGE_160 = 176.0 / 2000
-PRETRAIN_SECONDS_PER_IMAGE = 376.0 / (800 * 32)  # at tiny_cpu's cost per image
-EVAL_SECONDS_PER_IMAGE_160 = 271.0 / (3.2 * 2000)  # one tiny_cpu encoder, 20 seg. epochs
 
 
 @dataclass(frozen=True)
@@ -160,36 +152,17 @@ def data_images(spec: StudySpec) -> int:
 # --------------------------------------------------------------------------- first guesses
 
 
-def relative_cost(config: PretrainConfig | ContrastiveConfig, tokens_per_image: float) -> float:
-    """Compute of one image relative to tiny_cpu's (a 6-block, 192-wide ViT): tokens times
-    depth times width squared."""
-    m = config.model
-    width = m.embed_dim or {"tiny": 192, "small": 384, "base": 768, "large": 1024}.get(m.arch, 1536)
-    depth = m.depth or {"tiny": 12, "small": 12, "base": 12, "large": 24}.get(m.arch, 40)
-    return tokens_per_image * depth * width**2 / (134 * 6 * 192**2)
-
-
-def pretrain_tokens(config: PretrainConfig | ContrastiveConfig) -> float:
-    """Patch tokens one image brings to a step: the global (and local) crops."""
-    c, patch = config.crops, config.model.patch_size
-    if config.recipe == "contrastive":
-        return (c.global_size / patch) ** 2
-    return 2 * (c.global_size / patch) ** 2 + c.local_number * (c.local_size / patch) ** 2
-
-
 def guess_pretrain_seconds(config: PretrainConfig | ContrastiveConfig) -> float:
-    per_image = PRETRAIN_SECONDS_PER_IMAGE * relative_cost(config, pretrain_tokens(config))
-    return config.train.steps * config.train.batch_size * per_image
+    return config.train.steps * first_guess.pretrain_seconds_per_step(config)
 
 
 def guess_eval_seconds(plan: ArmPlan, images: int, seg_epochs: int) -> float:
     tokens = (plan.image_size / plan.config.model.patch_size) ** 2
-    cost = relative_cost(plan.config, tokens * 134 / 100)  # tiny_cpu at 160 px: 100 tokens
-    return 10 + images * EVAL_SECONDS_PER_IMAGE_160 * cost * (0.5 + 0.5 * seg_epochs / 20)
+    cost = first_guess.relative_cost(plan.config, tokens * 134 / 100)  # tiny_cpu, 160 px: 100
+    return first_guess.eval_seconds(images, cost, seg_epochs)
 
 
 def guess_data_seconds(spec: StudySpec, workers: int) -> float:
     if not isinstance(spec.data, SyntheticData):
         return 1.0
-    parallel = 2 / max(1, min(2, workers or 1))
-    return spec.data.images * SYNTH_SECONDS_PER_IMAGE_160 * (spec.data.size / 160) ** 2 * parallel
+    return first_guess.synth_seconds(spec.data.images, spec.data.size, workers)
