@@ -8,9 +8,11 @@
 2. ``tiny_cpu`` end to end (its own precision, ``auto``): a synthetic cohort rendered to PNG
    files by ``raddino.data.synth`` (``--images`` of ``--size`` px; or ``--cohort DIR``, a folder
    of images), the run's decoded-image cache, and the real loader (``PretrainStream``,
-   ``step_loader``, ``collate_crops``) feeding the same step as an in-memory row measured just
-   before in the same process, once per worker count (``--workers``) with the cache and once
-   decoding every sample (no cache); each row's ratio to the in-memory rate. Printed first: the
+   ``step_loader``, ``collate_crops``) feeding the same step, once per worker count
+   (``--workers``) with the cache and once decoding every sample (no cache). In-memory runs of
+   the step alternate with these rows in the same process, and each row's ratio is to the mean
+   of the in-memory runs just before and after it (a shared machine's slow phases then hit both
+   sides; single 32-step rows spread by about 10% on 2 cores). Printed first: the
    data path's cost per image (decode, cached read, draws, geometry per view, photometric part
    per batch) on one thread, as a worker runs it.
 
@@ -390,15 +392,24 @@ def end_to_end(
         profile_data_path(paths, config, cached)
 
     step, in_memory_step = make_batch_step(config), make_step(config)[0]
-    in_memory_step()  # warm-up
-    in_memory = steps * b / per_call_ms(lambda: [in_memory_step() for _ in range(steps)], 1) * 1e3
+    for _ in range(3):  # warm-up: malloc's heap grows over the first steps
+        in_memory_step()
+
+    def in_memory_rate() -> float:
+        return steps * b / per_call_ms(lambda: [in_memory_step() for _ in range(steps)], 1) * 1e3
+
+    before = in_memory_rate()
     name = f"tiny_cpu {str(precision).removeprefix('torch.')}, batch {b}"
-    print(f"{name}: in memory {in_memory:7.2f} img/s ({1e3 / in_memory:.1f} ms per image)")
+    print(f"{name}: in memory {before:7.2f} img/s ({1e3 / before:.1f} ms per image); each row "
+          "against the mean of the in-memory runs just before and after it")  # fmt: skip
     for workers in worker_counts:
         for label, stream in (("cache", cached), ("decode every sample", decoding)):
             rate = e2e_rate(step, stream, config, workers, steps)
+            after = in_memory_rate()
+            ratio = rate / ((before + after) / 2)
             print(f"  end to end, {workers} workers, {label:<20} {rate:7.2f} img/s  "
-                  f"{rate / in_memory:6.1%} of in memory")  # fmt: skip
+                  f"{ratio:6.1%} of in memory ({before:.1f}, {after:.1f})")  # fmt: skip
+            before = after
 
 
 if __name__ == "__main__":
