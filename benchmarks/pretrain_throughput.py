@@ -4,7 +4,9 @@
    images/s of full training steps (teacher forward, student forward and backward, AdamW, EMA) on
    crops already in memory, FLOPs counted by ``torch.utils.flop_counter`` for one step, and MFU =
    counted FLOPs / step time / this machine's matmul peak, measured right after each row
-   (best of 5 timings).
+   (best of 5 timings). Then the bf16 step's time over the fp32 step's for both shapes, the
+   two alternating one step at a time (9 rounds for ``tiny_cpu``, 5 for ViT-S; the median
+   ratio and its range): the target on CPUs without AMX is <= 0.6x.
 2. ``tiny_cpu`` end to end (its own precision, ``auto``): a synthetic cohort rendered to PNG
    files by ``raddino.data.synth`` (``--images`` of ``--size`` px; or ``--cohort DIR``, a folder
    of images), the run's decoded-image cache, and the real loader (``PretrainStream``,
@@ -238,6 +240,32 @@ def mfu_table(steps: int) -> None:
         measure("tiny_cpu (2x112 + 4x48)", tiny, steps)
         small = load_config(None, [*VIT_S, f"train.precision={precision}"])
         measure("ViT-S/14 (2x224 + 8x98)", small, steps)
+    print("bf16 against fp32, steps alternating (the target on CPUs without AMX: <= 0.6x)")
+    precision_ratio("tiny_cpu (2x112 + 4x48)", [], "tiny_cpu", rounds=9)
+    precision_ratio("ViT-S/14 (2x224 + 8x98)", VIT_S, None, rounds=5)
+
+
+def precision_ratio(name: str, overrides: list[str], preset: str | None, rounds: int) -> None:
+    """The bf16 step's time over the fp32 step's: the two alternate, one step each, for
+    ``rounds`` rounds after the warm-up (median and range of the per-round ratios)."""
+    steps = {}
+    for precision in ("fp32", "bf16"):
+        steps[precision] = make_step(
+            load_config(preset, [*overrides, f"train.precision={precision}"])
+        )[0]
+        for _ in range(WARM_UP):
+            steps[precision]()
+    ratios = []
+    for _ in range(rounds):
+        seconds = {}
+        for precision, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[precision] = time.perf_counter() - start
+        ratios.append(seconds["bf16"] / seconds["fp32"])
+    ratios.sort()
+    print(f"{name:<28} bf16 step / fp32 step {ratios[len(ratios) // 2]:5.2f}x "
+          f"(median of {rounds} alternating rounds; {ratios[0]:.2f}-{ratios[-1]:.2f})")  # fmt: skip
 
 
 def page_faults() -> int:
