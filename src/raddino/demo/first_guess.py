@@ -38,10 +38,10 @@ TINY_CPU_FLOPS_UNITS = 134 * 6 * 192**2
 def relative_cost(config: PretrainConfig | ContrastiveConfig, tokens_per_image: float) -> float:
     """Compute of one image relative to tiny_cpu's (a 6-block, 192-wide ViT): tokens times
     depth times width squared."""
-    m = config.model
-    width = m.embed_dim or {"tiny": 192, "small": 384, "base": 768, "large": 1024}.get(m.arch, 1536)
-    depth = m.depth or {"tiny": 12, "small": 12, "base": 12, "large": 24}.get(m.arch, 40)
-    return tokens_per_image * depth * width**2 / TINY_CPU_FLOPS_UNITS
+    from raddino.ssl.trainer import backbone_config  # torch: only when an ETA is printed
+
+    vit = backbone_config(config)  # the named size with the config's overrides
+    return tokens_per_image * vit.depth * vit.embed_dim**2 / TINY_CPU_FLOPS_UNITS
 
 
 def pretrain_tokens(config: PretrainConfig | ContrastiveConfig) -> float:
