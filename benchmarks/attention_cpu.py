@@ -9,8 +9,9 @@ the ratio SDPA / matmul, for token counts from the ``tiny_cpu`` preset (50) to 5
 
 ``--inference`` instead times the forward alone, as encoding runs it: bf16, ViT-B/14 at 518 px
 (a batch of 4 x 12 heads, 1,370 tokens, head dim 64), through SDPA's default CPU kernel (flash
-attention), its math backend, explicit matmuls in eager mode, and explicit matmuls traced and
-fused by oneDNN Graph (what ``--compile onednn`` runs), with GFLOP/s.
+attention), its math backend, explicit matmuls in eager mode, explicit matmuls traced and
+fused by oneDNN Graph (what ``--compile onednn`` runs), the same with fp32 scores around the
+softmax, and ``flex_attention`` compiled by inductor, with GFLOP/s, in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -34,6 +35,27 @@ def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
+def fp32_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """:func:`explicit` with the scores cast to fp32 around the softmax (what oneDNN's SDPA
+    primitive asks of its intermediates)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * float(q.shape[-1] ** -0.5)
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+
+
+def flex(example: tuple[torch.Tensor, ...]) -> Attend | None:
+    """``flex_attention`` compiled by inductor (a C++ template on CPU), or None without it."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        compiled = torch.compile(flex_attention)
+        with torch.no_grad():
+            compiled(*example)
+    except Exception as error:  # no C++ compiler, or no CPU template in this torch
+        print(f"  (flex_attention skipped: {type(error).__name__}: {str(error)[:80]})")
+        return None
+    return compiled
+
+
 def ms_per_call(attend: Attend, qkv: tuple[torch.Tensor, ...], repeats: int) -> float:
     for _ in range(2):
         attend(*qkv).sum().backward()
@@ -52,12 +74,12 @@ def forward_ms(attend: Attend, qkv: tuple[torch.Tensor, ...], repeats: int) -> f
     return (time.perf_counter() - start) / repeats * 1e3
 
 
-def fused_by_onednn(example: tuple[torch.Tensor, ...]) -> Attend:
-    """:func:`explicit` traced, frozen and fused by oneDNN Graph."""
+def fused_by_onednn(example: tuple[torch.Tensor, ...], attend: Attend = explicit) -> Attend:
+    """``attend`` (default :func:`explicit`) traced, frozen and fused by oneDNN Graph."""
 
     class Explicit(torch.nn.Module):
         def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return explicit(q, k, v)
+            return attend(q, k, v)
 
     torch.jit.enable_onednn_fusion(True)
     with torch.no_grad(), warnings.catch_warnings():
@@ -65,8 +87,9 @@ def fused_by_onednn(example: tuple[torch.Tensor, ...]) -> Attend:
         return torch.jit.freeze(torch.jit.trace(Explicit().eval(), example, check_trace=False))
 
 
-def inference(repeats: int) -> None:
-    """Forward only, bf16, q/k/v (4, 12, 1370, 64) as views of one qkv tensor like the ViT's."""
+def inference(repeats: int, rounds: int) -> None:
+    """Forward only, bf16, q/k/v (4, 12, 1370, 64) as views of one qkv tensor like the ViT's;
+    the candidates take turns, ``rounds`` times."""
     batch, heads, tokens, dim = 4, 12, 1370, 64
     qkv = torch.randn(batch, tokens, 3, heads, dim, dtype=torch.bfloat16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -83,20 +106,27 @@ def inference(repeats: int) -> None:
         "sdpa math": math,
         "explicit, eager": explicit,
         "explicit, oneDNN Graph": traced,
+        "fp32 softmax, oneDNN": fused_by_onednn((q, k, v), fp32_softmax),
     }
-    for name, attend in candidates.items():
-        with torch.no_grad():
-            ms = forward_ms(attend, (q, k, v), repeats)
-        print(f"  {name:24s} {ms:8.1f} ms  {flops / ms / 1e6:6.0f} GFLOP/s")
+    compiled_flex = flex((q, k, v))
+    if compiled_flex is not None:
+        candidates["flex_attention, compiled"] = compiled_flex
+    for round in range(1, rounds + 1):
+        print(f"round {round}:")
+        for name, attend in candidates.items():
+            with torch.no_grad():
+                ms = forward_ms(attend, (q, k, v), repeats)
+            print(f"  {name:26s} {ms:8.1f} ms  {flops / ms / 1e6:6.0f} GFLOP/s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inference", action="store_true", help="bf16 forward at 518 px")
+    parser.add_argument("--rounds", type=int, default=2, help="with --inference")
     args = parser.parse_args()
     if args.inference:
-        inference(args.repeats)
+        inference(args.repeats, args.rounds)
         return
     print(f"threads {torch.get_num_threads()}, head dim 64")
     print(f"{'tokens':>6} {'dtype':>9} {'sdpa ms':>8} {'matmul ms':>9} {'sdpa/matmul':>11}")
