@@ -106,6 +106,18 @@ def test_probe_names_missing_columns_and_one_class_targets(small_hf_dir, cohort,
     assert "'one_class' has one class only in the test split" in capsys.readouterr().err
 
 
+def test_probe_refuses_an_unknown_feature_kind_before_any_work(cohort, tmp_path, capsys):
+    args = ["probe", "--model", "pixels:8", "--manifest", str(cohort), "--targets", "bright",
+            "--out", str(tmp_path / "out"), "--features", "cls+grid", *COMMON]  # fmt: skip
+    with pytest.raises(SystemExit) as exit:
+        main(args)
+    assert exit.value.code == 2
+    assert "--features: features 'cls+grid': choose cls, cls+mean or cls+gridN" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def edited_cohort(cohort: Path, out: Path, edit) -> Path:
     """A copy of the cohort's manifest (absolute paths) with ``edit(rows)`` applied."""
     with cohort.open() as handle:

@@ -68,6 +68,10 @@ def test_the_shipped_studies_are_installed_and_valid():
             "plots[0].series: ['nope'] are not groups of any arm",
         ),
         (changed(seed="one"), "seed: expected an integer, got 'one'"),
+        (
+            changed(evaluation={**QUICK["evaluation"], "features": "cls+grid0"}),
+            "evaluation.features: features 'cls+grid0': choose cls, cls+mean or cls+gridN",
+        ),
     ],
 )
 def test_a_bad_study_file_is_refused_naming_the_file_and_key(tmp_path, data, message):

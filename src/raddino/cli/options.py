@@ -143,6 +143,17 @@ def dtype_argument(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def feature_kind(text: str) -> str:
+    """A ``--features`` value, checked (``cls``, ``cls+mean``, ``cls+gridN``)."""
+    from raddino.eval.feature_cache import parse_feature_kind
+
+    try:
+        parse_feature_kind(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 MODEL_SOURCES = (
     "a Hugging Face Dinov2, CLIP or SigLIP directory, a timm folder or timm:MODEL:FILE, a DINOv2 "
     ".safetensors/.pth file or a raddino run"
@@ -295,8 +306,11 @@ def add_probe_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument(
         "--features",
         default="cls",
-        choices=["cls", "cls+mean"],
-        help="CLS token, or CLS + mean patch token as DINOv2's linear evaluation (default: cls)",
+        type=feature_kind,
+        help="cls: the CLS token; cls+mean: CLS + mean patch token, as DINOv2's linear "
+        "evaluation; cls+gridN: CLS + the patch tokens averaged over an N x N grid of cells "
+        "(keeps where things are, as the pixel baseline's thumbnail does; D N² values; "
+        "encodes full patch tokens) (default: cls)",
     )
     parser.add_argument(
         "--protocols",

@@ -118,16 +118,42 @@ def encode_for_eval(
     return EncodedRows(features, row, store, rejects)
 
 
+FEATURE_KINDS = "cls, cls+mean or cls+gridN (N a whole number >= 1, e.g. cls+grid4)"
+
+
+@dataclass(frozen=True)
+class FeatureKind:
+    """How an image-level feature is pooled from the tokens: the CLS token, plus the mean patch
+    token (``mean``) or the patch grid area-averaged to ``grid`` x ``grid`` cells."""
+
+    mean: bool = False
+    grid: int | None = None
+
+
+def parse_feature_kind(kind: str) -> FeatureKind:
+    """``cls`` / ``cls+mean`` / ``cls+gridN`` -> :class:`FeatureKind`; a clear error otherwise."""
+    if kind == "cls":
+        return FeatureKind()
+    if kind == "cls+mean":
+        return FeatureKind(mean=True)
+    match = re.fullmatch(r"cls\+grid([0-9]+)", kind)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f"features {kind!r}: choose {FEATURE_KINDS}")
+    return FeatureKind(grid=int(match.group(1)))
+
+
 def pooled_features(
     encoded: EncodedRows, rows: np.ndarray, kind: str = "cls", blocks: Sequence[int] = ()
 ) -> np.ndarray:
     """Image-level features (len(rows), F) of manifest rows as in DINOv2's linear evaluation.
 
-    kind: ``cls`` or ``cls+mean`` (CLS concatenated with the mean patch token). blocks: extra
-    intermediate blocks whose features are concatenated before the last block's.
+    kind (:func:`parse_feature_kind`): ``cls``; ``cls+mean``, CLS concatenated with the mean
+    patch token; ``cls+gridN``, CLS concatenated with the patch grid (D, h, w) area-averaged to
+    (D, N, N) and flattened (D N² values), which keeps where things are as a thumbnail does (a
+    full store only). blocks: extra intermediate blocks whose features are concatenated before
+    the last block's.
     """
-    if kind not in ("cls", "cls+mean"):
-        raise ValueError(f"features {kind!r}: choose 'cls' or 'cls+mean'")
+    pooling = parse_feature_kind(kind)
     features = encoded.features
     index = encoded.row[rows]
     if np.any(index < 0):
@@ -138,12 +164,53 @@ def pooled_features(
         if layer is None:
             raise ValueError(f"features store {encoded.store} has no block {block}")
         parts.append(layer.cls[index])
-        if kind == "cls+mean":
-            parts.append(_patch_mean(layer.patch_mean, layer.patches, index, encoded.store))
+        parts += _pooled_patches(pooling, layer.patch_mean, layer.patches, index, encoded.store)
     parts.append(features.cls[index])
-    if kind == "cls+mean":
-        parts.append(_patch_mean(features.patch_mean, features.patches, index, encoded.store))
+    parts += _pooled_patches(pooling, features.patch_mean, features.patches, index, encoded.store)
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def _pooled_patches(
+    pooling: FeatureKind,
+    means: np.ndarray | None,
+    patches: np.ndarray | ShardedArray | None,
+    index: np.ndarray,
+    store: Path,
+) -> list[np.ndarray]:
+    """What ``pooling`` adds to the CLS token: nothing, [(n, D) means] or [(n, D N²) grids]."""
+    if pooling.mean:
+        return [_patch_mean(means, patches, index, store)]
+    if pooling.grid is not None:
+        return [_patch_grid(patches, index, store, pooling.grid)]
+    return []
+
+
+def _patch_grid(
+    patches: np.ndarray | ShardedArray | None, index: np.ndarray, store: Path, side: int
+) -> np.ndarray:
+    """(len(index), D * side²) patch grids (N, D, h, w) area-averaged to (side, side) cells
+    (``adaptive_avg_pool2d``: cell i covers rows [floor(i h / side), ceil((i + 1) h / side))),
+    flattened channel by channel, a chunk of rows at a time."""
+    if patches is None:
+        raise ValueError(
+            f"features store {store} has no patch grid (cls+gridN needs full patch tokens)"
+        )
+    height, width = patches.shape[2:]
+    if side > min(height, width):
+        raise ValueError(
+            f"features cls+grid{side}: the patch grid of {store} is only {height} x {width}"
+        )
+    chunks = [
+        torch.nn.functional.adaptive_avg_pool2d(
+            torch.from_numpy(np.array(patches[index[start : start + 256]], dtype=np.float32)),
+            side,
+        )
+        .flatten(1)
+        .numpy()
+        for start in range(0, len(index), 256)
+    ]
+    empty = np.zeros((0, patches.shape[1] * side**2), np.float32)
+    return np.concatenate(chunks) if chunks else empty
 
 
 def _patch_mean(
@@ -173,4 +240,6 @@ def _patch_mean(
 
 def pooled_request(kind: str, blocks: Sequence[int] = ()) -> FeatureRequest:
     """The store settings :func:`pooled_features` needs."""
-    return FeatureRequest("pooled" if kind == "cls+mean" else "none", tuple(blocks))
+    pooling = parse_feature_kind(kind)
+    mode = "full" if pooling.grid is not None else "pooled" if pooling.mean else "none"
+    return FeatureRequest(mode, tuple(blocks))

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from raddino.eval.feature_cache import parse_feature_kind
 from raddino.eval.probe import PROTOCOLS
 from raddino.ssl.config import ConfigError, load_config, resolve_config_path
 from raddino.study.spec import (
@@ -225,8 +226,10 @@ def _evaluation(top: _Reader) -> Evaluation:
     if bad or not protocols:
         raise e.error("protocols", f"{protocols!r}: choose from {list(PROTOCOLS)}")
     features = e.get("features", "str", "cls+mean")
-    if features not in ("cls", "cls+mean"):
-        raise e.error("features", f"{features!r}: choose cls or cls+mean")
+    try:
+        parse_feature_kind(features)
+    except ValueError as error:
+        raise e.error("features", str(error)) from None
     image_size = e.get("image_size", "int", None)
     if image_size is not None and image_size < 1:
         raise e.error("image_size", f"{image_size} must be >= 1")
