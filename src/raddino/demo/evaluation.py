@@ -11,6 +11,7 @@ from raddino.demo.options import (
     LABEL_RANDOM,
     METADATA_TARGETS,
     PAIRS,
+    PROBE_FEATURES,
     STRUCTURES,
     DemoPaths,
     Sizes,
@@ -18,8 +19,6 @@ from raddino.demo.options import (
 from raddino.demo.summary import summarise_comparison
 from raddino.eval.encoders import EncoderSpec
 from raddino.features.encode import EncodeOptions
-
-FEATURES = "cls+mean"
 
 
 def usable_targets(
@@ -71,7 +70,7 @@ def evaluate_encoders(
         options,
         target_specs=targets,
         structures=STRUCTURES,
-        features=FEATURES,
+        features=PROBE_FEATURES,
         probe_config=ProbeConfig(n_resamples=sizes.bootstrap, seed=seed, device=device),
         segment_config=SegmentConfig(
             epochs=sizes.seg_epochs,

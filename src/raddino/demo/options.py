@@ -20,6 +20,7 @@ DEMO_SEED = 31
 """The demo's cohort seed: no recipe or hyper-parameter was chosen on it (docs/protocol.md)."""
 METADATA_TARGETS = (("age", "continuous"), ("bmi", "continuous"), ("sex", None))
 STRUCTURES = ("left_lung", "right_lung", "heart", "ribs")
+PROBE_FEATURES = "cls+mean"  # the probes' image-level features (raddino compare --features)
 PIXEL_SIDE = 16
 LABEL_SSL = "image-only"
 LABEL_LANGUAGE = "language-supervised"
