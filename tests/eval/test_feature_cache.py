@@ -17,6 +17,7 @@ from raddino.eval.feature_cache import (
     pooled_request,
     store_directory,
 )
+from raddino.eval.feature_kinds import describe_features
 from raddino.features.encode import EncodeOptions
 
 OPTIONS = EncodeOptions(num_workers=0, progress=False)
@@ -147,3 +148,9 @@ def test_grid_features_need_the_patch_grid(tiny_vit_dir, disk_cohort, tmp_path):
     pooled = encode_for_eval(spec, rows, tmp_path, pooled_request("cls+mean"), OPTIONS)
     with pytest.raises(ValueError, match="has no patch grid"):
         pooled_features(pooled, np.arange(2), "cls+grid2")
+
+
+def test_feature_kinds_are_described_for_reports():
+    assert describe_features("cls") == "CLS token"
+    assert describe_features("cls+mean") == "CLS + mean patch token"
+    assert describe_features("cls+grid4") == "CLS + patch tokens averaged over 4 x 4 cells"

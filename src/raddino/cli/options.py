@@ -145,7 +145,7 @@ def dtype_argument(text: str):
 
 def feature_kind(text: str) -> str:
     """A ``--features`` value, checked (``cls``, ``cls+mean``, ``cls+gridN``)."""
-    from raddino.eval.feature_cache import parse_feature_kind
+    from raddino.eval.feature_kinds import parse_feature_kind
 
     try:
         parse_feature_kind(text)

@@ -20,10 +20,12 @@ from raddino.demo.options import (
     LABEL_PIXELS,
     LABEL_SSL,
     PAIRS,
+    PROBE_FEATURES,
     STRUCTURES,
     DemoPaths,
 )
 from raddino.demo.stages import format_duration, read_json
+from raddino.eval.feature_kinds import describe_features
 from raddino.eval.tables import (
     METRIC_NAMES,
     format_interval,
@@ -247,8 +249,9 @@ def evaluation_blocks(summary: dict) -> list[Block]:
             "p",
             f"Each cell: test-split value [{format_percent(level)} bootstrap CI over patients, "
             f"{summary['n_resamples']} resamples]. Δ a - b: paired difference (the same "
-            "resamples for every encoder); * marks an interval that excludes 0. Features: CLS + "
-            "mean patch token, frozen encoders; probes chosen on the validation split.",
+            "resamples for every encoder); * marks an interval that excludes 0. Features: "
+            f"{describe_features(PROBE_FEATURES)}, frozen encoders; probes chosen on the "
+            "validation split.",
         ),
         Block("p", encoders_sentence(summary)),
     ]

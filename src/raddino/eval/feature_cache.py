@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from raddino.eval.encoders import EncoderSpec
+from raddino.eval.feature_kinds import FeatureKind, parse_feature_kind
 from raddino.eval.pixels import PixelEncoder, encode_pixels_to_store
 from raddino.features.encode import (
     EncodeOptions,
@@ -116,30 +117,6 @@ def encode_for_eval(
     if missing:
         raise RuntimeError(f"features store {store} lacks {len(missing)} images: {missing[:3]}")
     return EncodedRows(features, row, store, rejects)
-
-
-FEATURE_KINDS = "cls, cls+mean or cls+gridN (N a whole number >= 1, e.g. cls+grid4)"
-
-
-@dataclass(frozen=True)
-class FeatureKind:
-    """How an image-level feature is pooled from the tokens: the CLS token, plus the mean patch
-    token (``mean``) or the patch grid area-averaged to ``grid`` x ``grid`` cells."""
-
-    mean: bool = False
-    grid: int | None = None
-
-
-def parse_feature_kind(kind: str) -> FeatureKind:
-    """``cls`` / ``cls+mean`` / ``cls+gridN`` -> :class:`FeatureKind`; a clear error otherwise."""
-    if kind == "cls":
-        return FeatureKind()
-    if kind == "cls+mean":
-        return FeatureKind(mean=True)
-    match = re.fullmatch(r"cls\+grid([0-9]+)", kind)
-    if match is None or int(match.group(1)) < 1:
-        raise ValueError(f"features {kind!r}: choose {FEATURE_KINDS}")
-    return FeatureKind(grid=int(match.group(1)))
 
 
 def pooled_features(

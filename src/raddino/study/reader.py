@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from raddino.eval.feature_cache import parse_feature_kind
+from raddino.eval.feature_kinds import parse_feature_kind
 from raddino.eval.probe import PROTOCOLS
 from raddino.ssl.config import ConfigError, load_config, resolve_config_path
 from raddino.study.spec import (
