@@ -244,6 +244,7 @@ def test_figures_are_listed_as_skipped_without_the_viz_package(
         (["--language-config", "no-such.yaml"], "--language-config no-such.yaml"),
         (["--language-config", "tiny_cpu"], "expected a preset with recipe"),
         (["--device", "tpu"], "--device 'tpu'"),
+        (["--size", "48"], "--size 48: the probes average the patch tokens over 4 x 4 cells"),
         (["model.depth=oops"], "model.depth"),
         (["no.such_key=1"], "unknown config key"),
     ],

@@ -20,7 +20,10 @@ DEMO_SEED = 31
 """The demo's cohort seed: no recipe or hyper-parameter was chosen on it (docs/protocol.md)."""
 METADATA_TARGETS = (("age", "continuous"), ("bmi", "continuous"), ("sex", None))
 STRUCTURES = ("left_lung", "right_lung", "heart", "ribs")
-PROBE_FEATURES = "cls+mean"  # the probes' image-level features (raddino compare --features)
+# The probes' image-level features (raddino compare --features): CLS + the patch tokens averaged
+# over 4 x 4 cells, chosen on development cohorts 1 and 2
+# (docs/experiments/2026-12-06-probe-pooling.md)
+PROBE_FEATURES = "cls+grid4"
 PIXEL_SIDE = 16
 LABEL_SSL = "image-only"
 LABEL_LANGUAGE = "language-supervised"

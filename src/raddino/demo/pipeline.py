@@ -38,6 +38,7 @@ from raddino.demo.stages import (
     stage_log,
     write_json_atomic,
 )
+from raddino.eval.feature_kinds import parse_feature_kind
 from raddino.ssl.config import PretrainConfig, load_config
 
 if TYPE_CHECKING:
@@ -177,7 +178,15 @@ class Demo:
         patches), not at the smaller crops it was pre-trained on: small findings need the
         pixels, and a ViT takes any grid (interpolated position embeddings)."""
         patch = self.configs["pretrain"].model.patch_size
-        return max(patch, self.sizes.size // patch * patch)
+        size = max(patch, self.sizes.size // patch * patch)
+        cells = parse_feature_kind(PROBE_FEATURES).grid or 1
+        if size // patch < cells:
+            raise ValueError(
+                f"--size {self.sizes.size}: the probes average the patch tokens over "
+                f"{cells} x {cells} cells, so the images need at least {cells} patches a side "
+                f"({cells * patch} px)"
+            )
+        return size
 
     def random_spec(self) -> EncoderSpec:
         """A random-initialised encoder of the trained one's architecture (as ``compare
