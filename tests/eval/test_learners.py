@@ -74,6 +74,24 @@ def test_ridge_path_matches_the_closed_form():
     assert path.predict(x).shape == (80, 2)
 
 
+@pytest.mark.parametrize("features", [30, 200])
+def test_ridge_path_matches_the_closed_form_with_fewer_or_more_rows_than_features(features):
+    """60 rows and 30 features (the primal form) or 200 (the dual, (n, n) form), against the
+    solve in float64 (agreement to 1e-9 of weights of order 0.1: rounding of two float64
+    factorisations)."""
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.normal(size=(60, features)))
+    y = x[:, :3].sum(1) + torch.tensor(rng.normal(size=60))
+    alphas = [1e-4, 1e-2, 1.0, 100.0]
+    path = ridge_path(x, y, alphas)
+    xc, yc = x - x.mean(0), y - y.mean()
+    for i, alpha in enumerate(alphas):
+        gram = xc.T @ xc + 60 * alpha * torch.eye(features, dtype=torch.float64)
+        expected = torch.linalg.solve(gram, xc.T @ yc)
+        assert torch.allclose(path.weights[i], expected, rtol=0, atol=1e-9)
+        assert torch.allclose(path.intercepts[i], y.mean() - expected @ x.mean(0), atol=1e-9)
+
+
 def test_knn_votes_of_the_nearest_known_neighbours():
     bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     labels = torch.tensor([[1.0, float("nan")], [1.0, 5.0], [0.0, 7.0], [0.0, 9.0]])

@@ -1,8 +1,10 @@
 """Ridge regression for continuous targets (age, BMI): the whole regularisation path at once.
 
-Minimises ``mean((y - X w - b)^2) + alpha * ||w||^2``. One eigendecomposition of the Gram
-matrix X^T X gives the solution for every alpha, so choosing alpha on the validation split costs
-one (F, F) decomposition per training set.
+Minimises ``mean((y - X w - b)^2) + alpha * ||w||^2``. One eigendecomposition gives the
+solution for every alpha, so choosing alpha on the validation split costs one decomposition per
+training set: of X^T X (F, F) when there are at least as many rows as features, else of X X^T
+(n, n) (the dual form, w = X^T (X X^T + n alpha I)^-1 y: with 3,264 pooled features and 1,400
+rows, 0.5 s instead of 4.7 s for the (F, F) one).
 """
 
 from __future__ import annotations
@@ -46,11 +48,17 @@ def ridge_path(
     x_mean = x.mean(0)
     y_mean = y.mean()
     xc = x - x_mean
-    eigenvalues, eigenvectors = torch.linalg.eigh(xc.T @ xc)
-    projected = eigenvectors.T @ (xc.T @ (y - y_mean))  # (F,)
     alpha = torch.as_tensor(np.asarray(alphas, np.float64), device=x.device)
-    shrink = 1.0 / (eigenvalues.clamp(min=0)[None, :] + n * alpha[:, None])  # (A, F)
-    weights = (shrink * projected[None, :]) @ eigenvectors.T  # (A, F)
+    if n >= x.shape[1]:  # primal: X^T X = V diag(e) V^T
+        eigenvalues, eigenvectors = torch.linalg.eigh(xc.T @ xc)
+        projected = eigenvectors.T @ (xc.T @ (y - y_mean))  # (F,)
+        shrink = 1.0 / (eigenvalues.clamp(min=0)[None, :] + n * alpha[:, None])  # (A, F)
+        weights = (shrink * projected[None, :]) @ eigenvectors.T  # (A, F)
+    else:  # dual: X X^T = U diag(e) U^T, w = X^T U diag(1 / (e + n alpha)) U^T y
+        eigenvalues, eigenvectors = torch.linalg.eigh(xc @ xc.T)
+        projected = eigenvectors.T @ (y - y_mean)  # (n,)
+        shrink = 1.0 / (eigenvalues.clamp(min=0)[None, :] + n * alpha[:, None])  # (A, n)
+        weights = ((shrink * projected[None, :]) @ eigenvectors.T) @ xc  # (A, F)
     intercepts = y_mean - weights @ x_mean
     dtype = features.dtype
     return RidgePath(np.asarray(alphas, np.float64), weights.to(dtype), intercepts.to(dtype))
