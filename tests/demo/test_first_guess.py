@@ -62,9 +62,18 @@ def test_the_demo_and_the_study_guess_the_same_cohort(tmp_path):
     assert demo.estimate_cohort() == pytest.approx(demo_guess)
 
 
+def test_grid_probes_are_guessed_at_their_own_measured_rate():
+    """The demo's evaluation took 9 min 05 s with cls+grid4 probes where cls+mean took 4-5 min:
+    a study or demo on grid features is guessed from that run, not from the cls+mean ones."""
+    base = first_guess.eval_seconds(2000, 3.2, 20)
+    assert first_guess.eval_seconds(2000, 3.2, 20, "cls+mean") == base == pytest.approx(336)
+    assert first_guess.eval_seconds(2000, 3.2, 20, "cls+grid4") == pytest.approx(555)
+    assert first_guess.eval_seconds(2000, 3.2, 20, "cls") == base
+
+
 def test_the_full_demo_is_first_guessed_within_its_half_hour_budget(tmp_path):
     """The rates come from full demos on the project's two CPUs, the slower of each: the sum
-    must come out near the ~26-31 minutes those runs took, not the 47 of the stale guesses."""
+    must come out near the ~26-34 minutes those runs took, not the 47 of the stale guesses."""
     demo = full_demo(tmp_path)
     minutes = demo.runner.planned_seconds(demo.stages(), {}) / 60
     assert 25 < minutes < 36

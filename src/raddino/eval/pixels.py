@@ -14,7 +14,8 @@ RAD-DINO's processor when there is none), at the evaluation image size, then:
 * patch grid (what segmentation heads read as patch tokens): one value per patch, the mean grey
   level of the patch's P x P pixels, on the encoder's patch grid (H // P, W // P): the image at
   the patch grid's resolution. The mean patch token is the mean grey level of that grid, so
-  ``cls+mean`` features are the thumbnail and one number.
+  ``cls+mean`` features are the thumbnail and one number, and ``cls+gridN`` ones the thumbnail
+  and that grid averaged over N x N cells.
 
 The values are stored unstandardised: the linear probe standardises each feature column on the
 train + val images, the k-NN probe centres and L2-normalises rows and the linear segmentation
