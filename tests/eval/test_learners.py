@@ -21,9 +21,12 @@ def logistic_objective(x, labels, weight, bias, lam):
     return loss + 0.5 * (lam * weight.pow(2).sum(0)).sum()
 
 
-def test_logistic_fit_reaches_the_regularised_optimum():
+@pytest.mark.parametrize("features", [10, 600])
+def test_logistic_fit_reaches_the_regularised_optimum(features):
+    """400 rows and 10 features, or 600 (fitted in the span of the rows): the gradient of the
+    objective over all the features vanishes at the returned model."""
     torch.manual_seed(0)
-    x = torch.randn(400, 10, dtype=torch.float64)
+    x = torch.randn(400, features, dtype=torch.float64)
     labels = (x[:, :2] + torch.randn(400, 2, dtype=torch.float64) > 0).double()
     labels[::7, 1] = float("nan")
     lam = torch.tensor([0.1, 0.01], dtype=torch.float64)
@@ -34,14 +37,30 @@ def test_logistic_fit_reaches_the_regularised_optimum():
     assert weight.grad.abs().max() < 1e-5 and bias.grad.abs().max() < 1e-5
 
 
-def test_path_equals_separate_fits():
+@pytest.mark.parametrize("features", [6, 500])
+def test_path_equals_separate_fits(features):
     torch.manual_seed(1)
-    x = torch.randn(300, 6, dtype=torch.float64)
+    x = torch.randn(300, features, dtype=torch.float64)
     labels = (x[:, :3] + torch.randn(300, 3, dtype=torch.float64) > 0.3).double()
     path = regularisation_path(x, labels, (1.0, 0.01))
     for model, lam in zip(path, (1.0, 0.01), strict=True):
         alone = fit_logistic(x, labels, lam)
         assert torch.allclose(model.weight, alone.weight, atol=1e-4)
+
+
+def test_wide_fits_start_from_the_given_model_and_stay_in_the_span_of_the_rows():
+    """A warm start with a part outside the rows' span: the fit drops that part (it only adds to
+    the penalty), and the weights it returns are combinations of the rows."""
+    torch.manual_seed(3)
+    x = torch.randn(50, 120, dtype=torch.float64)
+    labels = (x[:, :1] > 0).double()
+    start = fit_logistic(x[:40], labels[:40], 0.1)
+    start.weight += torch.randn(120, 1, dtype=torch.float64)  # mostly outside the rows' span
+    model = fit_logistic(x, labels, 0.1, init=start, max_iter=5)
+    in_span = x.T @ torch.linalg.lstsq(x.T, model.weight).solution
+    assert torch.allclose(model.weight, in_span, atol=1e-10)
+    warm = fit_logistic(x, labels, 0.1, init=start).weight
+    assert torch.allclose(warm, fit_logistic(x, labels, 0.1).weight, atol=1e-5)
 
 
 def test_strong_strengths_converge_beside_a_nearly_separable_weak_one():

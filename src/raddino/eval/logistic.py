@@ -5,6 +5,15 @@ targets of a class-balanced mean binary cross-entropy over the rows whose label 
 labels are masked out), plus ``lam_t / 2 * ||w_t||^2``. Because the targets do not share
 parameters, the joint minimum is the per-target minimum; fitting them in one problem makes one
 matrix product per step serve every target, on CPU or GPU.
+
+With fewer rows than features (n < F: a probe on patch-grid features), the fit works in the
+span of the rows. Every gradient of the loss, ``X^T g + lam w``, lies in that span, so from a
+start inside it the optimum does too: writing ``w = Q z`` with Q (F, n) an orthonormal basis of
+the rows (``X^T = Q R``) gives the same objective on ``X Q = R^T`` (n, n), the same L2 penalty
+(``||w|| = ||z||``) and the same minimum, at n / F of the cost per L-BFGS step. Converged fits
+agree with the fit on X to the solver's tolerance; fits stopped by ``max_iter`` (weak
+strengths on separable labels) stop at nearby points, as torch's L-BFGS scales its first step
+and tests convergence with norms that a rotation changes.
 """
 
 from __future__ import annotations
@@ -49,6 +58,35 @@ def sample_weights(labels: torch.Tensor, balanced: bool = True) -> torch.Tensor:
     return positive.float() * (half / n_pos) + negative.float() * (half / n_neg)
 
 
+@dataclass
+class RowSpace:
+    """The rows of features (n, F) with n < F in an orthonormal basis.
+
+    basis: (F, n) orthonormal columns spanning the rows; coords: (n, n) the rows' coordinates.
+    """
+
+    basis: torch.Tensor
+    coords: torch.Tensor
+
+    def to_coords(self, model: LogisticModel) -> LogisticModel:
+        """A model in feature space -> coordinates (its part outside the rows is dropped: that
+        part never changes the loss and only adds to the penalty, so the optimum has none)."""
+        return LogisticModel(self.basis.T @ model.weight, model.bias)
+
+    def to_features(self, model: LogisticModel) -> LogisticModel:
+        """A model fitted on ``coords`` -> the same model on the features."""
+        return LogisticModel(self.basis @ model.weight, model.bias)
+
+
+def row_space(features: torch.Tensor) -> RowSpace | None:
+    """(n, F) features -> their :class:`RowSpace` when n < F, else None (nothing to gain)."""
+    n, dim = features.shape
+    if n >= dim:
+        return None
+    basis, upper = torch.linalg.qr(features.T)  # features = upper^T basis^T
+    return RowSpace(basis, upper.T.contiguous())
+
+
 def fit_logistic(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -59,8 +97,25 @@ def fit_logistic(
 ) -> LogisticModel:
     """Minimise the masked, class-balanced loss. features: (n, F); labels: (n, T), NaN = unknown.
 
-    lam: one L2 strength or one per target (T,). ``init`` warm-starts the solver.
+    lam: one L2 strength or one per target (T,). ``init`` warm-starts the solver. With n < F
+    the fit runs in the span of the rows (see the module's docstring).
     """
+    rows = row_space(features)
+    if rows is None:
+        return _fit(features, labels, lam, init, balanced, max_iter)
+    start = None if init is None else rows.to_coords(init)
+    return rows.to_features(_fit(rows.coords, labels, lam, start, balanced, max_iter))
+
+
+def _fit(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float | torch.Tensor,
+    init: LogisticModel | None,
+    balanced: bool,
+    max_iter: int,
+) -> LogisticModel:
+    """:func:`fit_logistic` on the features as given."""
     n_targets = labels.shape[1]
     device, dtype = features.device, features.dtype
     lam_t = torch.as_tensor(lam, dtype=dtype, device=device).expand(n_targets)
@@ -111,12 +166,14 @@ def regularisation_path(
     strongest strength's gradient was still 1e-2, and a target's result moved with the
     other targets fitted alongside it.
     """
+    rows = row_space(features)
+    coords = features if rows is None else rows.coords
     models: list[LogisticModel] = []
     init = None
     for strength in sorted_lambdas(lambdas):
-        init = fit_logistic(features, labels, float(strength), init, balanced, max_iter)
+        init = _fit(coords, labels, float(strength), init, balanced, max_iter)
         models.append(init)
-    return models
+    return models if rows is None else [rows.to_features(model) for model in models]
 
 
 def sorted_lambdas(lambdas: Sequence[float]) -> np.ndarray:
