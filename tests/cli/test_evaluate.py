@@ -255,3 +255,29 @@ def test_compare_probes_from_the_segmentation_store_with_the_same_results(
     assert {row["task"] for row in rows} == {"linear", "segment (linear)"}
     expected = json.loads((probe_only / "compare.json").read_text())["rows"]
     assert [r for r in rows if r["task"] == "linear"] == expected
+
+
+def test_compare_fits_at_the_same_time_with_the_results_of_one_at_a_time(
+    small_hf_dir, cohort, tmp_path
+):
+    """Probes and heads of three encoders fitted two at a time in threads give the numbers of
+    the sequential run, bit for bit (same thread count per fit, seeded heads under a lock)."""
+    base = ["compare", "--models", str(small_hf_dir), "--random-baseline", "--pixel-baseline",
+            "4", "--manifest", str(cohort), "--targets", "bright", "age", "--masks", "disk",
+            "--epochs", "2", "--overlays", "0", *COMMON]  # fmt: skip
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        assert main([*base, "--out", str(out), "--fit-workers", str(workers)]) == 0
+        runs[workers] = json.loads((out / "compare.json").read_text())
+    assert {row["task"] for row in runs[1]["rows"]} == {"linear", "knn", "segment (linear)"}
+    assert runs[2] == runs[1]
+
+
+def test_compare_refuses_zero_fit_workers(small_hf_dir, cohort, tmp_path, capsys):
+    args = ["compare", "--models", str(small_hf_dir), "--random-baseline", "--manifest",
+            str(cohort), "--targets", "bright", "--out", str(tmp_path / "c"),
+            "--fit-workers", "0"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "--fit-workers: 0 must be >= 1" in capsys.readouterr().err

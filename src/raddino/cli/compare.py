@@ -11,6 +11,7 @@ from raddino.cli.options import (
     add_probe_arguments,
     add_segment_arguments,
     encode_options,
+    positive_int,
     probe_config,
     segment_config,
     structures,
@@ -65,6 +66,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the first model's crop), a linear segmentation head reads the crop averaged over each "
         "patch; e.g. --pixel-baseline 16",
     )
+    parser.add_argument(
+        "--fit-workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="probes and heads fitted at the same time, each on --cpu-threads threads; the "
+        "results are those of one at a time (default: as many as the CPU cores hold; 1 on a GPU "
+        "or with --cpu-threads 0)",
+    )
     add_probe_arguments(parser, required=False)
     add_segment_arguments(parser, required=False)
     add_evaluation_arguments(parser)
@@ -99,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         probe_config=probe_config(args),
         segment_config=segment_config(args),
         cache_dir=args.cache,
+        fit_workers=args.fit_workers,
     )
     print(compare_markdown(report))
     print(f"comparison: {Path(args.out) / 'compare.md'} (also compare.json)")

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from raddino.atomic import csv_bytes, write_bytes_atomic, write_csv_atomic
+from raddino.cpus import available_cores
 from raddino.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image, to_uint8
 from raddino.data.manifest import ManifestError, read_manifest_table, resolve_manifest_path
 from raddino.output_lock import OutputLock, is_lock_file
@@ -246,14 +247,6 @@ class PrepareSummary:
     rejected: int  # unreadable (this run or earlier), listed in rejects.csv
     manifest: Path
     rejects: Path
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def prepare_manifest(

@@ -9,22 +9,26 @@ difference whose interval excludes 0 is marked.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from raddino.devices import check_device
 from raddino.eval.bootstrap import Estimate, paired_difference
+from raddino.eval.concurrent_fits import default_fit_workers, run_fits
 from raddino.eval.encoders import EncoderSpec
-from raddino.eval.feature_cache import encode_for_eval, pooled_request
+from raddino.eval.feature_cache import EncodedRows, encode_for_eval, pooled_request
 from raddino.eval.pixels import check_pixel_specs
 from raddino.eval.probe import ProbeConfig
-from raddino.eval.probe_manifest import ProbeReport, load_probe_inputs, probe_encoded
+from raddino.eval.probe_manifest import ProbeInputs, ProbeReport, load_probe_inputs, probe_encoded
 from raddino.eval.probe_manifest import write_probe_report as _write_probe
+from raddino.eval.seg_data import MaskSet
 from raddino.eval.segment import SegmentConfig
 from raddino.eval.segment_manifest import (
+    SegmentInputs,
     SegmentReport,
     load_segment_inputs,
     prepare_segmentation,
@@ -46,6 +50,7 @@ from raddino.eval.tables import (
 )
 from raddino.eval.targets import TargetKind
 from raddino.features.encode import EncodeOptions
+from raddino.models.encoder import RadDino
 
 COUNTS_HEADER = "n train, val, test"
 
@@ -198,9 +203,14 @@ def compare_encoders(
     probe_config: ProbeConfig | None = None,
     segment_config: SegmentConfig | None = None,
     cache_dir: str | Path | None = None,
+    fit_workers: int | None = None,
 ) -> CompareReport:
     """Probe (``target_specs``) and/or segment (``structures``) with every encoder; write
-    ``compare.md`` / ``compare.json`` and each encoder's own reports in a sub-directory."""
+    ``compare.md`` / ``compare.json`` and each encoder's own reports in a sub-directory.
+
+    ``fit_workers``: probes and heads fitted at the same time, with the same results as one at
+    a time (:mod:`raddino.eval.concurrent_fits`; None: its default for the device).
+    """
     if len(specs) < 2:
         raise ValueError(
             "compare needs at least two encoders (or one and --random-baseline/--pixel-baseline)"
@@ -225,6 +235,7 @@ def compare_encoders(
         prepared = [
             prepare_segmentation(s, seg_inputs, options, segment_config, cache) for s in specs
         ]
+    probe_jobs: list[Callable[[], ProbeReport]] = []
     if target_specs:
         inputs = load_probe_inputs(manifest, target_specs, probe_config.seed)
         encoded = []
@@ -238,33 +249,29 @@ def compare_encoders(
             encoded.append(encode_for_eval(spec, inputs.paths, cache, request, options, model))
         valid = np.logical_and.reduce([e.valid for e in encoded])
         used = inputs.usable(valid)
-        reports = []
-        for spec, label, enc in zip(specs, labels, encoded, strict=True):
-            print(f"probing {label}", file=sys.stderr)
-            report = probe_encoded(spec, inputs, enc, used, features, probe_config)
-            _write_probe(report, out / encoder_dir_name(label))
-            reports.append(report)
-        rows += probe_rows(reports, labels, probe_config.level)
-        notes += merged_notes(labels, [r.notes for r in reports])
+        probe_jobs = [
+            partial(_probe_one, spec, label, inputs, enc, used, features, probe_config, out)
+            for spec, label, enc in zip(specs, labels, encoded, strict=True)
+        ]
+    seg_jobs: list[Callable[[], SegmentReport]] = []
     if structures:
         valid = np.logical_and.reduce([p[0].valid for p in prepared])
         used = np.flatnonzero(valid & (seg_inputs.splits.split != ""))
-        seg_reports = []
-        for spec, label, (enc, masks, model) in zip(specs, labels, prepared, strict=True):
-            print(f"segmenting with {label}", file=sys.stderr)
-            report = segment_encoded(
-                spec,
-                seg_inputs,
-                enc,
-                masks,
-                model.config.depth,
-                model.preprocess_config,
-                used,
-                segment_config,
-                out / encoder_dir_name(label) / "segment",
-            )
-            write_segment_report(report, out / encoder_dir_name(label) / "segment")
-            seg_reports.append(report)
+        seg_jobs = [
+            partial(_segment_one, spec, label, seg_inputs, prep, used, segment_config, out)
+            for spec, label, prep in zip(specs, labels, prepared, strict=True)
+        ]
+    threads = fit_threads(probe_config, segment_config, bool(probe_jobs), bool(seg_jobs))
+    if fit_workers is None:
+        devices = {probe_config.device, segment_config.device}
+        fit_workers = min(default_fit_workers(d, threads) for d in devices)
+    # the heads first: they take longest, and the probes fill the pool's last gaps
+    results = run_fits([*seg_jobs, *probe_jobs], fit_workers, threads)
+    seg_reports, reports = results[: len(seg_jobs)], results[len(seg_jobs) :]
+    if target_specs:
+        rows += probe_rows(reports, labels, probe_config.level)
+        notes += merged_notes(labels, [r.notes for r in reports])
+    if structures:
         rows += segment_rows(seg_reports, labels, segment_config.level)
         notes += merged_notes(labels, [r.notes for r in seg_reports])
         if not target_specs:
@@ -273,6 +280,65 @@ def compare_encoders(
     report = CompareReport(encoders, rows, n_resamples, level, list(dict.fromkeys(notes)))
     write_json(out / "compare.json", report.to_dict())
     write_text(out / "compare.md", compare_markdown(report))
+    return report
+
+
+def fit_threads(
+    probe_config: ProbeConfig, segment_config: SegmentConfig, probes: bool, heads: bool
+) -> int | None:
+    """The intra-op threads of every fit of a comparison (one count: concurrent fits share it)."""
+    fits = ((probe_config, probes), (segment_config, heads))
+    counts = {config.cpu_threads for config, used in fits if used}
+    if len(counts) > 1:
+        raise ValueError(
+            f"probes on {probe_config.cpu_threads} CPU threads and heads on "
+            f"{segment_config.cpu_threads}: a comparison fits both with one count"
+        )
+    return counts.pop() if counts else None
+
+
+def _probe_one(
+    spec: EncoderSpec,
+    label: str,
+    inputs: ProbeInputs,
+    encoded: EncodedRows,
+    used: np.ndarray,
+    features: str,
+    config: ProbeConfig,
+    out: Path,
+) -> ProbeReport:
+    """One encoder's probes, written to its sub-directory."""
+    print(f"probing {label}", file=sys.stderr)
+    report = probe_encoded(spec, inputs, encoded, used, features, config)
+    _write_probe(report, out / encoder_dir_name(label))
+    return report
+
+
+def _segment_one(
+    spec: EncoderSpec,
+    label: str,
+    inputs: SegmentInputs,
+    prepared: tuple[EncodedRows, MaskSet, RadDino],
+    used: np.ndarray,
+    config: SegmentConfig,
+    out: Path,
+) -> SegmentReport:
+    """One encoder's segmentation head, written to its sub-directory."""
+    print(f"segmenting with {label}", file=sys.stderr)
+    encoded, masks, model = prepared
+    folder = out / encoder_dir_name(label) / "segment"
+    report = segment_encoded(
+        spec,
+        inputs,
+        encoded,
+        masks,
+        model.config.depth,
+        model.preprocess_config,
+        used,
+        config,
+        folder,
+    )
+    write_segment_report(report, folder)
     return report
 
 

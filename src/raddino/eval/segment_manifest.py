@@ -17,6 +17,7 @@ from raddino.data.preprocess import PreprocessConfig
 from raddino.devices import check_device
 from raddino.eval import caveats
 from raddino.eval.bootstrap import Estimate, PatientBootstrap, mean_of
+from raddino.eval.concurrent_fits import RNG_LOCK
 from raddino.eval.encoders import EncoderSpec
 from raddino.eval.feature_cache import EncodedRows, FeatureRequest, encode_for_eval
 from raddino.eval.metrics import weighted_mean
@@ -229,7 +230,7 @@ def segment_encoded(
     maps = FeatureMaps(encoded, blocks, depth - 1)
     splits = inputs.splits.subset(rows)
     train, val, test = (rows[splits.indices(s)] for s in ("train", "val", "test"))
-    with torch.random.fork_rng(devices=[]):
+    with RNG_LOCK, torch.random.fork_rng(devices=[]):  # fits may run in threads
         torch.manual_seed(config.seed)
         head = build_head(
             config.head, maps.embed_dim, len(masks.structures), len(blocks), config.channels

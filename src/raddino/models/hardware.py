@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from raddino.cpus import available_cores
 from raddino.devices import cpuinfo_field, has_native_bf16
 from raddino.models.vit import VisionTransformer
 from raddino.precision import auto_dtype, short_name
@@ -217,8 +218,8 @@ def choose_compile(
 def configure_cpu_threads() -> int:
     """Intra-op threads = at most the CPUs this process may use (unless ``OMP_NUM_THREADS`` is
     set); returns the thread count in effect."""
-    if not os.environ.get("OMP_NUM_THREADS") and hasattr(os, "sched_getaffinity"):
-        available = len(os.sched_getaffinity(0))
+    if not os.environ.get("OMP_NUM_THREADS"):
+        available = available_cores()
         if torch.get_num_threads() > available:
             torch.set_num_threads(available)
     return torch.get_num_threads()

@@ -40,6 +40,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from raddino.atomic import TMP_PREFIX, fsync_dir
+from raddino.cpus import available_cores
 from raddino.data.io import ImageReadError, read_image, to_uint8
 from raddino.ssl import distributed
 from raddino.ssl.distributed import DistEnv
@@ -253,7 +254,7 @@ def run_image_cache(
                 raise error
             if state == "done":
                 return open_or_build(paths, max_side, run_dir, 0, build=False, progress=False)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    cpus = available_cores()
     last = time.monotonic()
 
     def heartbeat() -> None:
