@@ -62,13 +62,12 @@ def test_the_demo_and_the_study_guess_the_same_cohort(tmp_path):
     assert demo.estimate_cohort() == pytest.approx(demo_guess)
 
 
-def test_grid_probes_are_guessed_at_their_own_measured_rate():
-    """The demo's evaluation took 9 min 05 s with cls+grid4 probes where cls+mean took 4-5 min:
-    a study or demo on grid features is guessed from that run, not from the cls+mean ones."""
+def test_the_evaluation_guess_scales_with_images_encoders_and_epochs():
     base = first_guess.eval_seconds(2000, 3.2, 20)
-    assert first_guess.eval_seconds(2000, 3.2, 20, "cls+mean") == base == pytest.approx(336)
-    assert first_guess.eval_seconds(2000, 3.2, 20, "cls+grid4") == pytest.approx(555)
-    assert first_guess.eval_seconds(2000, 3.2, 20, "cls") == base
+    assert base == pytest.approx(336)  # the Xeon's 5 min 26 s, plus 10 s
+    assert first_guess.eval_seconds(4000, 3.2, 20) - 10 == pytest.approx(2 * (base - 10))
+    assert first_guess.eval_seconds(2000, 1.6, 20) - 10 == pytest.approx((base - 10) / 2)
+    assert first_guess.eval_seconds(2000, 3.2, 0) - 10 == pytest.approx((base - 10) / 2)
 
 
 def test_the_full_demo_is_first_guessed_within_its_half_hour_budget(tmp_path):

@@ -4,11 +4,15 @@ before this machine's own rates are measured (both replace them once a stage has
 Each rate is the slower of the project's two kinds of 2-core CPU in a full ``make demo``
 (``OUT/timings.json`` and ``OUT/stages/*.json``):
 
-* Intel Xeon (family 6 model 167, AMX), a56694b: cohort 3 min 34 s, evaluation 5 min 26 s;
+* Intel Xeon (family 6 model 167, AMX), a56694b: cohort 3 min 34 s, evaluation 5 min 26 s
+  (probes on ``cls+mean``, fits one at a time);
 * AMD EPYC (AVX512-BF16, no AMX), 38226f8: image-only pre-training 10 min 05 s (1,200 steps of
-  32 images), report generation 1 min 32 s (three encoders);
-* AMD EPYC, 6fd1ab3: evaluation with the probes on ``cls+grid4`` 9 min 05 s (the only full demo
-  with grid features so far).
+  32 images), report generation 1 min 32 s (three encoders).
+
+The evaluation's rate stands for both kinds of probe features: on the EPYC it took 4 min 21 s
+with ``cls+mean`` probes fitted one at a time (38226f8), 9 min 05 s with ``cls+grid4`` (6fd1ab3)
+and 4 min 20 s with ``cls+grid4`` and the fits at the same time (39f9c6b); the Xeon has not run
+the last two.
 """
 
 from __future__ import annotations
@@ -24,10 +28,8 @@ SYNTH_SECONDS_PER_IMAGE_160 = 214.0 / 2000
 PRETRAIN_SECONDS_PER_IMAGE = 605.0 / (1200 * 32)
 """One image of a ``tiny_cpu`` pre-training step (2 x 112 + 4 x 48 crops)."""
 EVAL_SECONDS_PER_IMAGE_160 = 326.0 / (3.2 * 2000)
-"""One image through the demo's evaluation (encode, probes on ``cls+mean``, 20 segmentation
-epochs) for one encoder of ``tiny_cpu``'s cost at 160 px; raw pixels cost 0.2 of one."""
-GRID_EVAL_SECONDS_PER_IMAGE_160 = 545.0 / (3.2 * 2000)
-"""The same with the probes on ``cls+gridN`` (many more columns for the logistic probes)."""
+"""One image through the demo's evaluation (encode, probes, 20 segmentation epochs) for one
+encoder of ``tiny_cpu``'s cost at 160 px; raw pixels cost 0.2 of one."""
 PIXELS_EVAL_COST = 0.2
 """The raw-pixel baseline's evaluation cost, relative to one ``tiny_cpu`` encoder."""
 REPORT_SECONDS_PER_SAMPLE = 0.0045
@@ -69,15 +71,10 @@ def synth_seconds(images: int, size: int, workers: int) -> float:
     return images * SYNTH_SECONDS_PER_IMAGE_160 * (size / 160) ** 2 * parallel
 
 
-def eval_seconds(
-    images: int, encoder_cost: float, seg_epochs: int, features: str = "cls+mean"
-) -> float:
-    """Evaluating ``images`` with encoders of total ``encoder_cost`` (tiny_cpu at 160 px = 1),
-    ``seg_epochs`` segmentation epochs (the rates above are for 20) and probes on ``features``."""
-    from raddino.eval.feature_kinds import parse_feature_kind
-
-    grid = parse_feature_kind(features).grid is not None
-    rate = GRID_EVAL_SECONDS_PER_IMAGE_160 if grid else EVAL_SECONDS_PER_IMAGE_160
+def eval_seconds(images: int, encoder_cost: float, seg_epochs: int) -> float:
+    """Evaluating ``images`` with encoders of total ``encoder_cost`` (tiny_cpu at 160 px = 1) and
+    ``seg_epochs`` segmentation epochs (the rates above are for 20)."""
+    rate = EVAL_SECONDS_PER_IMAGE_160
     return 10 + images * rate * encoder_cost * (0.5 + 0.5 * seg_epochs / 20)
 
 

@@ -255,9 +255,7 @@ class Demo:
         if per_image:
             return len(specs) * self.sizes.images * per_image + 10
         cost = len(specs) - 1 + first_guess.PIXELS_EVAL_COST
-        return first_guess.eval_seconds(
-            self.sizes.images, cost, self.sizes.seg_epochs, PROBE_FEATURES
-        )
+        return first_guess.eval_seconds(self.sizes.images, cost, self.sizes.seg_epochs)
 
     def estimate_reports(self) -> float:
         r = self.sizes.report

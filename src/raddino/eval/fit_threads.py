@@ -4,7 +4,9 @@ The fits are long series of small, mostly memory-bound operations. On a CPU that
 shares, synchronising intra-op threads costs more than they save: on a loaded 2-core host the
 probe of 10,000 x 768 features took 19 s on 1 thread and 158 s on 2, and 20 epochs of a linear
 segmentation head 31 s and 281 s (benchmarks/). Evaluation therefore fits on one thread by
-default; ``None`` keeps torch's setting (worth it for UPerNet on an idle many-core machine).
+default, and a comparison fits several at the same time, one per core
+(:mod:`raddino.eval.concurrent_fits`); ``None`` keeps torch's setting (worth it for UPerNet on
+an idle many-core machine).
 """
 
 from __future__ import annotations

@@ -144,10 +144,7 @@ class Study:
         if kind == "pretrain":
             return planning.guess_pretrain_seconds(self.pretrainings()[name].config)
         images = planning.data_images(self.spec)
-        evaluation = self.spec.evaluation
-        return planning.guess_eval_seconds(
-            self.plan(name), images, evaluation.seg_epochs, evaluation.features
-        )
+        return planning.guess_eval_seconds(self.plan(name), images, self.spec.evaluation.seg_epochs)
 
     def estimate(self, kind: str, name: str = "") -> float:
         return self.guess(kind, name) * self.calibration.get(kind, 1.0)

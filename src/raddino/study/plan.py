@@ -156,12 +156,10 @@ def guess_pretrain_seconds(config: PretrainConfig | ContrastiveConfig) -> float:
     return config.train.steps * first_guess.pretrain_seconds_per_step(config)
 
 
-def guess_eval_seconds(
-    plan: ArmPlan, images: int, seg_epochs: int, features: str = "cls+mean"
-) -> float:
+def guess_eval_seconds(plan: ArmPlan, images: int, seg_epochs: int) -> float:
     tokens = (plan.image_size / plan.config.model.patch_size) ** 2
     cost = first_guess.relative_cost(plan.config, tokens * 134 / 100)  # tiny_cpu, 160 px: 100
-    return first_guess.eval_seconds(images, cost, seg_epochs, features)
+    return first_guess.eval_seconds(images, cost, seg_epochs)
 
 
 def guess_data_seconds(spec: StudySpec, workers: int) -> float:
