@@ -61,21 +61,10 @@ def main() -> None:
         config = SegmentConfig(epochs=args.epochs, progress=False, overlays=0, cpu_threads=1)
         inputs = load_segment_inputs(manifest, ["lungs", "heart"])
         plant_features(spec, inputs, options, config, 4, root / "cache", args.size)
-        encoded, masks, model = prepare_segmentation(spec, inputs, options, config, root / "cache")
-        rows = np.flatnonzero(encoded.valid)
+        prepared = prepare_segmentation(spec, inputs, options, config, root / "cache")
+        rows = np.flatnonzero(prepared.encoded.valid)
         jobs = [
-            partial(
-                segment_encoded,
-                spec,
-                inputs,
-                encoded,
-                masks,
-                model.config.depth,
-                model.preprocess_config,
-                rows,
-                replace(config, seed=seed),
-                None,
-            )
+            partial(segment_encoded, spec, inputs, prepared, rows, replace(config, seed=seed), None)
             for seed in range(args.heads)
         ]
 

@@ -142,21 +142,11 @@ def main() -> None:
             plant_features(spec, inputs, options, config, depth, root / "cache", args.size)
 
         start = time.perf_counter()
-        encoded, masks, model = prepare_segmentation(spec, inputs, options, config, root / "cache")
+        prepared = prepare_segmentation(spec, inputs, options, config, root / "cache")
         encode_s = time.perf_counter() - start
-        rows = np.flatnonzero(encoded.valid)
+        rows = np.flatnonzero(prepared.encoded.valid)
         start = time.perf_counter()
-        report = segment_encoded(
-            spec,
-            inputs,
-            encoded,
-            masks,
-            model.config.depth,
-            model.preprocess_config,
-            rows,
-            config,
-            root / "out",
-        )
+        report = segment_encoded(spec, inputs, prepared, rows, config, root / "out")
         train_s = time.perf_counter() - start
 
     counts = report.counts

@@ -25,9 +25,9 @@ from raddino.eval.pixels import check_pixel_specs
 from raddino.eval.probe import ProbeConfig
 from raddino.eval.probe_manifest import ProbeInputs, ProbeReport, load_probe_inputs, probe_encoded
 from raddino.eval.probe_manifest import write_probe_report as _write_probe
-from raddino.eval.seg_data import MaskSet
 from raddino.eval.segment import SegmentConfig
 from raddino.eval.segment_manifest import (
+    PreparedSegmentation,
     SegmentInputs,
     SegmentReport,
     load_segment_inputs,
@@ -50,7 +50,6 @@ from raddino.eval.tables import (
 )
 from raddino.eval.targets import TargetKind
 from raddino.features.encode import EncodeOptions
-from raddino.models.encoder import RadDino
 
 COUNTS_HEADER = "n train, val, test"
 
@@ -239,7 +238,7 @@ def compare_encoders(
     if target_specs:
         inputs = load_probe_inputs(manifest, target_specs, probe_config.seed)
         encoded = []
-        models = [p[2] for p in prepared] or [None] * len(specs)
+        models = [p.model for p in prepared] or [None] * len(specs)
         for spec, model in zip(specs, models, strict=True):
             request = (
                 pooled_request(features)
@@ -255,7 +254,7 @@ def compare_encoders(
         ]
     seg_jobs: list[Callable[[], SegmentReport]] = []
     if structures:
-        valid = np.logical_and.reduce([p[0].valid for p in prepared])
+        valid = np.logical_and.reduce([p.encoded.valid for p in prepared])
         used = np.flatnonzero(valid & (seg_inputs.splits.split != ""))
         seg_jobs = [
             partial(_segment_one, spec, label, seg_inputs, prep, used, segment_config, out)
@@ -318,26 +317,15 @@ def _segment_one(
     spec: EncoderSpec,
     label: str,
     inputs: SegmentInputs,
-    prepared: tuple[EncodedRows, MaskSet, RadDino],
+    prepared: PreparedSegmentation,
     used: np.ndarray,
     config: SegmentConfig,
     out: Path,
 ) -> SegmentReport:
     """One encoder's segmentation head, written to its sub-directory."""
     print(f"segmenting with {label}", file=sys.stderr)
-    encoded, masks, model = prepared
     folder = out / encoder_dir_name(label) / "segment"
-    report = segment_encoded(
-        spec,
-        inputs,
-        encoded,
-        masks,
-        model.config.depth,
-        model.preprocess_config,
-        used,
-        config,
-        folder,
-    )
+    report = segment_encoded(spec, inputs, prepared, used, config, folder)
     write_segment_report(report, folder)
     return report
 

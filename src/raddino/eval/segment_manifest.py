@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -214,18 +215,26 @@ def segment_notes(
     return notes
 
 
+class PreparedSegmentation(NamedTuple):
+    """An encoder's side of a segmentation: its rows' patch tokens, the masks at its crop, and
+    the model (its depth picks the blocks, its preprocessing maps the masks)."""
+
+    encoded: EncodedRows
+    masks: MaskSet
+    model: RadDino
+
+
 def segment_encoded(
     spec: EncoderSpec,
     inputs: SegmentInputs,
-    encoded: EncodedRows,
-    masks: MaskSet,
-    depth: int,
-    preprocess: PreprocessConfig,
+    prepared: PreparedSegmentation,
     rows: np.ndarray,
     config: SegmentConfig,
     out_dir: Path | None,
 ) -> SegmentReport:
     """Train the head on the manifest ``rows`` (indices) and score it on their test split."""
+    encoded, masks, model = prepared
+    depth, preprocess = model.config.depth, model.preprocess_config
     blocks = head_blocks(config, depth)
     maps = FeatureMaps(encoded, blocks, depth - 1)
     splits = inputs.splits.subset(rows)
@@ -324,7 +333,7 @@ def prepare_segmentation(
     config: SegmentConfig,
     cache: Path,
     model: RadDino | None = None,
-) -> tuple[EncodedRows, MaskSet, RadDino]:
+) -> PreparedSegmentation:
     """Encode the patch tokens the head needs and read the masks at this encoder's crop size."""
     model = model if model is not None else spec.load()
     request = segment_request(config, model.config.depth)
@@ -343,7 +352,7 @@ def prepare_segmentation(
         workers=options.num_workers,
         progress=options.progress,
     )
-    return encoded, masks, model
+    return PreparedSegmentation(encoded, masks, model)
 
 
 def segment_manifest(
@@ -361,10 +370,8 @@ def segment_manifest(
     inputs = load_segment_inputs(manifest, structures, config.seed)
     out = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out / "features"
-    encoded, masks, model = prepare_segmentation(spec, inputs, options, config, cache)
-    rows = np.flatnonzero(encoded.valid & (inputs.splits.split != ""))
-    report = segment_encoded(
-        spec, inputs, encoded, masks, model.config.depth, model.preprocess_config, rows, config, out
-    )
+    prepared = prepare_segmentation(spec, inputs, options, config, cache)
+    rows = np.flatnonzero(prepared.encoded.valid & (inputs.splits.split != ""))
+    report = segment_encoded(spec, inputs, prepared, rows, config, out)
     write_segment_report(report, out)
     return report

@@ -98,7 +98,7 @@ def evaluate_arm(
         prepared = prepare_segmentation(spec, seg_inputs, options, segment_config, cache)
     if targets:
         inputs = load_probe_inputs(manifest, targets, probe_config.seed)
-        model = prepared[2] if prepared else None
+        model = prepared.model if prepared else None
         request = (
             pooled_request(features)
             if model is None
@@ -122,21 +122,11 @@ def evaluate_arm(
         )
         notes += report.notes
     if prepared is not None:
-        encoded, masks, model = prepared
-        used = np.flatnonzero(encoded.valid & (seg_inputs.splits.split != ""))
+        used = np.flatnonzero(prepared.encoded.valid & (seg_inputs.splits.split != ""))
         print(f"segmenting with {label}", file=sys.stderr)
-        report = segment_encoded(
-            spec,
-            seg_inputs,
-            encoded,
-            masks,
-            model.config.depth,
-            model.preprocess_config,
-            used,
-            segment_config,
-            out_dir / "segment",
-        )
-        write_segment_report(report, out_dir / "segment")
+        folder = out_dir / "segment"
+        report = segment_encoded(spec, seg_inputs, prepared, used, segment_config, folder)
+        write_segment_report(report, folder)
         for r in segment_rows([report], [label], segment_config.level):
             rows.append(MetricRow(SEGMENT, r.target, r.metric, r.values[label], r.counts))
         test = used[seg_inputs.splits.subset(used).indices("test")]
