@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 
@@ -61,3 +62,27 @@ def test_worker_counts():
         run_fits([lambda: 1, lambda: 2], workers=0, threads=1)
     assert default_fit_workers("cpu", None) == 1  # every core per fit: one at a time
     assert default_fit_workers("cpu", 1) >= 1
+
+
+def test_an_interrupt_reaches_the_caller_at_once_and_no_further_fit_starts(capsys):
+    release, started = threading.Event(), []
+
+    def long() -> None:
+        started.append("long")
+        release.wait(10)
+
+    def quick() -> None:
+        started.append("quick")
+
+    threading.Timer(0.2, _thread.interrupt_main).start()  # Ctrl-C while two fits run
+    begin = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_fits([long, long, quick, quick], workers=2, threads=1)
+    assert time.monotonic() - begin < 5  # not the 10 s of the running fits
+    err = capsys.readouterr().err
+    assert "waiting for 2 running fit(s) to end" in err, (err, started)
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("fit-"):
+            thread.join(10)
+    assert started == ["long", "long"]

@@ -18,9 +18,9 @@ own thread count (every core per fit) they would only compete, so both run one f
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -43,26 +43,66 @@ def default_fit_workers(device: str | torch.device, threads: int | None) -> int:
 
 def run_fits(jobs: Sequence[Callable[[], T]], workers: int, threads: int | None) -> list[T]:
     """Each job's result, in order; up to ``workers`` jobs at a time, each on ``threads``
-    intra-op threads (None: torch's setting). The first failure is raised once the jobs already
-    running have finished; jobs not yet started are cancelled."""
+    intra-op threads (None: torch's setting).
+
+    A failing job stops the others from starting; the failure of the first job (in order) that
+    failed is raised once the running ones have finished. An interrupt (Ctrl-C) is raised at
+    once and stops the jobs not yet started; the process exits when the running fits end (a
+    thread inside torch cannot be stopped cleanly: daemon threads abort in C++ at exit), and
+    says so.
+    """
     if workers < 1:
         raise ValueError(f"fit workers {workers}: must be >= 1")
     if workers == 1 or len(jobs) <= 1:
         return [job() for job in jobs]
+    results: list[T | None] = [None] * len(jobs)
+    failures: list[tuple[int, BaseException]] = []
+    order = iter(range(len(jobs)))
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    pool_size = min(workers, len(jobs))
+    active = [pool_size]  # workers still running, under ``lock``
+    finished = threading.Event()
+
+    def work() -> None:
+        try:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            while not stop.is_set():
+                with lock:
+                    index = next(order, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = jobs[index]()
+                except BaseException as error:  # handed to the caller below
+                    with lock:
+                        failures.append((index, error))
+                    stop.set()
+        finally:
+            with lock:
+                active[0] -= 1
+                if active[0] == 0:
+                    finished.set()
+
     before = torch.get_num_threads()
-
-    def start_worker() -> None:
-        if threads is not None:
-            torch.set_num_threads(threads)
-
+    pool = [threading.Thread(target=work, name=f"fit-{k}") for k in range(pool_size)]
     try:
-        with ThreadPoolExecutor(min(workers, len(jobs)), initializer=start_worker) as pool:
-            futures = [pool.submit(job) for job in jobs]
-            try:
-                return [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        for thread in pool:
+            thread.start()
+        # an Event, not Thread.join: an interrupted join marks a running thread as ended
+        while not finished.wait(timeout=0.2):
+            pass
+    except BaseException:
+        stop.set()
+        with lock:
+            running = active[0]
+        if running:
+            print(f"stopping: waiting for {running} running fit(s) to end", file=sys.stderr)
+        raise
     finally:
         torch.set_num_threads(before)
+    if failures:
+        raise min(failures, key=lambda failure: failure[0])[1]
+    return results  # type: ignore[return-value]  # every job ran
