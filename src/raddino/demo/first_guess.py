@@ -11,7 +11,7 @@ Each rate is the slower of the project's two kinds of 2-core CPU in a full ``mak
 
 The evaluation's rate stands for both kinds of probe features: on the EPYC it took 4 min 21 s
 with ``cls+mean`` probes fitted one at a time (38226f8), 9 min 05 s with ``cls+grid4`` (6fd1ab3)
-and 4 min 20 s with ``cls+grid4`` and the fits at the same time (39f9c6b); the Xeon has not run
+and 4 min 20 s with ``cls+grid4`` and the fits at the same time (9fc20c9); the Xeon has not run
 the last two.
 """
 
