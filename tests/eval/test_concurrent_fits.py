@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from raddino.cpus import available_cores
 from raddino.eval.concurrent_fits import default_fit_workers, run_fits
 
 
@@ -61,7 +62,8 @@ def test_worker_counts():
     with pytest.raises(ValueError, match="fit workers 0"):
         run_fits([lambda: 1, lambda: 2], workers=0, threads=1)
     assert default_fit_workers("cpu", None) == 1  # every core per fit: one at a time
-    assert default_fit_workers("cpu", 1) >= 1
+    assert default_fit_workers("cpu", 1) == available_cores()
+    assert default_fit_workers("cpu", 2) == max(1, available_cores() // 2)
 
 
 def test_an_interrupt_reaches_the_caller_at_once_and_no_further_fit_starts(capsys):

@@ -59,8 +59,11 @@ def test_wide_fits_start_from_the_given_model_and_stay_in_the_span_of_the_rows()
     model = fit_logistic(x, labels, 0.1, init=start, max_iter=5)
     in_span = x.T @ torch.linalg.lstsq(x.T, model.weight).solution
     assert torch.allclose(model.weight, in_span, atol=1e-10)
-    warm = fit_logistic(x, labels, 0.1, init=start).weight
-    assert torch.allclose(warm, fit_logistic(x, labels, 0.1).weight, atol=1e-5)
+    warm = fit_logistic(x, labels, 0.1, init=start)  # run to convergence: the optimum
+    weight = warm.weight.clone().requires_grad_(True)
+    bias = warm.bias.clone().requires_grad_(True)
+    logistic_objective(x, labels, weight, bias, torch.tensor(0.1)).backward()
+    assert weight.grad.abs().max() < 1e-5 and bias.grad.abs().max() < 1e-5
 
 
 def test_strong_strengths_converge_beside_a_nearly_separable_weak_one():

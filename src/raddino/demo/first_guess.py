@@ -72,10 +72,9 @@ def synth_seconds(images: int, size: int, workers: int) -> float:
 
 
 def eval_seconds(images: int, encoder_cost: float, seg_epochs: int) -> float:
-    """Evaluating ``images`` with encoders of total ``encoder_cost`` (tiny_cpu at 160 px = 1) and
-    ``seg_epochs`` segmentation epochs (the rates above are for 20)."""
-    rate = EVAL_SECONDS_PER_IMAGE_160
-    return 10 + images * rate * encoder_cost * (0.5 + 0.5 * seg_epochs / 20)
+    """Evaluating ``images`` with encoders of total ``encoder_cost`` (tiny_cpu at 160 px = 1)
+    and ``seg_epochs`` segmentation epochs (the rate above is for 20)."""
+    return 10 + images * EVAL_SECONDS_PER_IMAGE_160 * encoder_cost * (0.5 + 0.5 * seg_epochs / 20)
 
 
 def report_seconds(train_samples: int, test_rows: int) -> float:

@@ -3,8 +3,8 @@
 A comparison's fits do not depend on each other, and each runs on one intra-op thread by
 default (:mod:`raddino.eval.fit_threads`). Run one after the other they leave all but one core
 idle; run in a pool of Python threads they overlap, since their time goes to torch and numpy
-kernels that release the GIL (on the demo's 2-core machines: 2 linear heads in 1.3 s against
-2.6 s one after the other). The results are those of the sequential run, bit for bit:
+kernels that release the GIL (``benchmarks/concurrent_fits.py`` on a 2-core EPYC: 4 linear
+heads 1.85x faster on 2 workers). The results are those of the sequential run, bit for bit:
 
 - every worker sets the fits' thread count before its first fit. torch's thread count is partly
   per thread (OpenMP) and partly process-wide (MKL), and a fit restores the count it found, so
