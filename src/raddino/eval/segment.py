@@ -23,6 +23,7 @@ from raddino.devices import check_device
 from raddino.eval.fit_threads import DEFAULT_CPU_THREADS, cpu_threads
 from raddino.eval.metrics import dice_iou
 from raddino.eval.seg_data import FeatureMaps, MaskSet, take_rows
+from raddino.eval.seg_loss import segmentation_loss
 from raddino.precision import auto_dtype
 from raddino.ssl.schedules import cosine_schedule
 
@@ -55,24 +56,6 @@ class SegmentConfig:
         for key in ("epochs", "batch_size", "n_resamples"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
-
-
-def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, dice_weight: float = 1.0
-) -> torch.Tensor:
-    """Mean over annotated (image, structure) pairs of BCE + dice_weight * (1 - soft Dice).
-
-    logits, target: (B, S, H, W); known: (B, S) bool.
-    """
-    logits = logits.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3))
-    prob = torch.sigmoid(logits)
-    overlap = (prob * target).sum(dim=(2, 3))
-    sizes = prob.sum(dim=(2, 3)) + target.sum(dim=(2, 3))
-    soft_dice = (2 * overlap + 1.0) / (sizes + 1.0)
-    per_pair = bce + dice_weight * (1.0 - soft_dice)
-    weight = known.float()
-    return (per_pair * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
