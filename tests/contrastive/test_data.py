@@ -16,6 +16,8 @@ from raddino.contrastive.tokenizer import (
     CLS,
     PAD,
     SEP,
+    ReportTokens,
+    encode_report,
     load_tokenizer,
     save_tokenizer,
     train_tokenizer,
@@ -77,6 +79,28 @@ def test_tokenizer_is_saved_as_json_and_reads_back(pair_manifest: Path, tmp_path
     again = load_tokenizer(tmp_path)
     text = reports_of(pair_manifest)[3]
     assert again.encode(text).ids == tokenizer.encode(text).ids
+
+
+def test_report_tokens_equal_encoding_each_read(pair_manifest: Path):
+    reports = reports_of(pair_manifest)
+    tokenizer = train_tokenizer(reports, vocab_size=200, max_length=16)
+    tokens = ReportTokens(tokenizer, reports)
+    for _ in range(2):  # the first read encodes, the second reads the stored row
+        for index in (3, 0, 3, len(reports) - 1):
+            ids, mask = tokens[index]
+            expected_ids, expected_mask = encode_report(tokenizer, reports[index])
+            assert ids.dtype == mask.dtype == torch.long
+            assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)
+    assert tokens.encoded.sum() == len({3, 0, len(reports) - 1})
+    ids[:] = -1  # a caller writing into what it got does not change the store
+    assert torch.equal(tokens[len(reports) - 1][0], expected_ids)
+
+
+def test_report_tokens_need_a_fixed_length(pair_manifest: Path):
+    tokenizer = train_tokenizer(reports_of(pair_manifest), vocab_size=200, max_length=16)
+    tokenizer.no_padding()
+    with pytest.raises(ValueError, match="fixed length"):
+        ReportTokens(tokenizer, ["a report"])
 
 
 TRAIN_IN_A_PROCESS = """

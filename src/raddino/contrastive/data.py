@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from raddino.contrastive.tokenizer import encode_report
+from raddino.contrastive.tokenizer import ReportTokens
 from raddino.data.manifest import ManifestError, read_manifest
 from raddino.ssl.config import CropSection
 from raddino.ssl.data import PretrainStream
@@ -88,14 +88,13 @@ class PairStream(PretrainStream):
         images: ImageCache | None = None,
     ) -> None:
         super().__init__(pairs.paths, crops, seed, global_batch, images)
-        self.reports = pairs.reports
-        self.tokenizer = tokenizer
+        self.tokens = ReportTokens(tokenizer, pairs.reports)
 
     def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index, image = self.load_indexed(g)
         size = self.global_size(g // self.global_batch)
         view = self.augment.view(image, size, self.crops.global_scale, self.generator(g))
-        ids, mask = encode_report(self.tokenizer, self.reports[index])
+        ids, mask = self.tokens[index]
         return view, ids, mask
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -61,6 +62,32 @@ def load_tokenizer(run_dir: Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as error:  # tokenizers raises its own Exception type for bad JSON
         raise ValueError(f"{path}: cannot read the run's tokenizer ({error})") from error
+
+
+class ReportTokens:
+    """Token ids and attention masks of ``reports``, each report encoded the first time it is
+    read: a run reads each report once an epoch, and encoding took 0.34 ms a sample, a third of
+    the loader's work in the demo's language-supervised stage (py-spy). Rows are kept as int32
+    ids and uint8 masks in arrays whose untouched pages cost no memory; each loader worker
+    fills its own copy.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, reports: Sequence[str]) -> None:
+        self.tokenizer, self.reports = tokenizer, reports
+        length = (tokenizer.padding or {}).get("length") or 0
+        if not length:
+            raise ValueError("ReportTokens needs a tokenizer padded to a fixed length")
+        self.ids = np.zeros((len(reports), length), np.int32)
+        self.mask = np.zeros((len(reports), length), np.uint8)
+        self.encoded = np.zeros(len(reports), bool)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Report ``index`` -> token ids (L,) int64 and attention mask (L,) int64."""
+        if not self.encoded[index]:
+            encoding = self.tokenizer.encode(self.reports[index])
+            self.ids[index], self.mask[index] = encoding.ids, encoding.attention_mask
+            self.encoded[index] = True
+        return torch.from_numpy(self.ids[index]).long(), torch.from_numpy(self.mask[index]).long()
 
 
 def encode_report(tokenizer: Tokenizer, report: str) -> tuple[torch.Tensor, torch.Tensor]:
