@@ -14,10 +14,16 @@ from raddino.ssl.config import load_config
 
 
 def demo_options(tmp_path: Path, workers: int | None) -> DemoOptions:
+    """The presets, except a language-supervised config with one loader worker (both presets
+    have 0, so a count set for every stage would not show)."""
+    language = default_config_path("clip_tiny_cpu.yaml").read_text()
+    assert "  num_workers: 0 " in language
+    language_config = tmp_path / "clip_one_worker.yaml"
+    language_config.write_text(language.replace("  num_workers: 0 ", "  num_workers: 1 "))
     return DemoOptions(
         out=tmp_path / "out",
         config=default_config_path(),
-        language_config=default_config_path("clip_tiny_cpu.yaml"),
+        language_config=language_config,
         workers=workers,
     )
 
@@ -26,9 +32,9 @@ def test_without_workers_each_pretraining_keeps_its_config_and_pools_use_two(tmp
     demo = Demo(demo_options(tmp_path, None))
     presets = {
         "pretrain": load_config("tiny_cpu").train.num_workers,
-        "pretrain_language": load_config("clip_tiny_cpu").train.num_workers,
+        "pretrain_language": load_config(tmp_path / "clip_one_worker.yaml").train.num_workers,
     }
-    assert presets == {"pretrain": 0, "pretrain_language": 2}
+    assert presets == {"pretrain": 0, "pretrain_language": 1}
     for stage, expected in presets.items():
         assert demo.configs[stage].train.num_workers == expected
     assert demo.options.pool_workers == 2
