@@ -1,5 +1,5 @@
 """The segmentation heads' loss: the fused BCE + soft Dice op against the same loss from
-PyTorch's own ops under autograd (the loss before 2026-12-06), forward + backward.
+PyTorch's own ops under autograd (the loss before 10a3100), forward + backward.
 
 At the demo's shape by default: a batch of 8 images x 4 structures at 160 x 160 px, one thread
 (as ``raddino compare`` fits each head), interleaved rounds; prints ms per step of each, their
@@ -21,7 +21,9 @@ import torch
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def ms_per_step(loss: Loss, logits: torch.Tensor, target: torch.Tensor, known, steps: int) -> float:
+def ms_per_step(
+    loss: Loss, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, steps: int
+) -> float:
     def step() -> None:
         logits.grad = None
         loss(logits, target, known).backward()

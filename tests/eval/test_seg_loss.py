@@ -20,7 +20,7 @@ def value_and_grad(loss_fn, logits, *args) -> tuple[torch.Tensor, torch.Tensor]:
 def test_value_and_gradient_match_pytorch_ops(dice_weight: float, soft: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 20, 24, generator=generator, dtype=torch.float64) * 6
-    logits[0, 0, :2] = 60.0  # where sigmoid rounds to 1 and 1 - p to 0 in float32
+    logits[0, 0, :2] = 60.0  # sigmoid rounds to 1 and 1 - p to 0 (float32 and 64)
     logits[0, 0, 2:4] = -60.0
     target = torch.rand(3, 4, 20, 24, generator=generator, dtype=torch.float64)
     target = target if soft else (target > 0.6).to(torch.float64)

@@ -5,7 +5,7 @@ by a sigmoid soft Dice under autograd (the tests compare them), 2.2-2.8x faster 
 backward on one CPU thread at the demo's shape (AMD EPYC; ``python benchmarks/
 segmentation_loss.py``). PyTorch's CPU kernel for ``log1p`` (inside BCE-with-logits,
 ``softplus`` and ``logsigmoid``) is not vectorised: 7-9 ms for a (8, 4, 160, 160) batch against
-0.6 ms for a sigmoid; and autograd keeps a dozen intermediates alive. Here the forward pass
+0.6 ms for a sigmoid. Here the forward pass
 computes ``sigmoid`` once and gets BCE's softplus from it, ``softplus(x) = relu(x) -
 log(max(p, 1 - p))`` (the larger of ``p`` and ``1 - p`` is at least 0.5, so the log never sees
 0), and the backward pass writes the closed-form gradient.
