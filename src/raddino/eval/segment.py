@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from raddino.devices import check_device
 from raddino.eval.fit_threads import DEFAULT_CPU_THREADS, cpu_threads
 from raddino.eval.metrics import dice_iou
+from raddino.eval.resize import resize_bilinear
 from raddino.eval.seg_data import FeatureMaps, MaskSet, take_rows
 from raddino.eval.seg_loss import segmentation_loss
 from raddino.precision import auto_dtype
@@ -79,12 +79,13 @@ def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 def head_logits(
     head: nn.Module, maps: list[torch.Tensor], size: tuple[int, int], amp: torch.dtype | None
 ) -> torch.Tensor:
-    """Head output upsampled (bilinear) to the mask size: (B, S, H, W) float32."""
+    """Head output upsampled (bilinear, :func:`resize_bilinear`) to the mask size: (B, S, H, W)
+    float32."""
     device = next(head.parameters()).device
     maps = [m.to(device, non_blocking=True) for m in maps]
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         logits = head(maps)
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return resize_bilinear(logits.float(), size)
 
 
 def _mask_batch(masks: MaskSet, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
