@@ -81,11 +81,12 @@ def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in lines]
 
 
+@pytest.mark.parametrize("stage", ["projector", "lora"])
 def test_resume_after_interruption_gives_the_same_projector(
-    tmp_path, tiny_encoder_dir, tiny_lm_dir, pair_manifest, monkeypatch
+    stage, tmp_path, tiny_encoder_dir, tiny_lm_dir, pair_manifest, monkeypatch
 ):
     args = (tiny_encoder_dir, tiny_lm_dir, pair_manifest)
-    whole = train(tmp_path / "whole", *args, steps=6, save_every=3)
+    whole = train(tmp_path / "whole", *args, steps=6, save_every=3, stage=stage)
     real_save = train_module._atomic_save
 
     def save_then_die(obj, path):
@@ -94,14 +95,24 @@ def test_resume_after_interruption_gives_the_same_projector(
 
     monkeypatch.setattr(train_module, "_atomic_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "cut", *args, steps=6, save_every=3)
+        train(tmp_path / "cut", *args, steps=6, save_every=3, stage=stage)
     monkeypatch.setattr(train_module, "_atomic_save", real_save)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 3
-    resumed = train(tmp_path / "cut", *args, steps=6, save_every=3)
+    resumed = train(tmp_path / "cut", *args, steps=6, save_every=3, stage=stage)
     a = load_file(whole / "projector.safetensors")
     b = load_file(resumed / "projector.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-5)
+
+
+def test_training_leaves_the_callers_random_numbers_alone(
+    tmp_path, tiny_encoder_dir, tiny_lm_dir, pair_manifest
+):
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    train(tmp_path / "run", tiny_encoder_dir, tiny_lm_dir, pair_manifest, steps=2, stage="lora")
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_resume_refuses_other_settings(tmp_path, tiny_encoder_dir, tiny_lm_dir, pair_manifest):

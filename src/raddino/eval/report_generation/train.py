@@ -185,7 +185,45 @@ def train_report_model(
     init_from: str | Path | None = None,
     resume: bool = True,
 ) -> Path:
-    """Train a report model on the ``config.split`` rows of ``manifest``; returns ``out_dir``."""
+    """Train a report model on the ``config.split`` rows of ``manifest``; returns ``out_dir``.
+
+    The run draws its random numbers (initialisation, dropout) from torch's generators seeded
+    with ``config.seed``, and leaves the caller's generator states as they were. A checkpoint
+    keeps the generators' states, so a resumed run draws the same dropout masks as an
+    uninterrupted one.
+    """
+    device = check_device(config.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _train_report_model(
+            encoder, lm_dir, manifest, out_dir, config, encode_options, cache, init_from, resume
+        )
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generator states a step's dropout draws from: the CPU's, and the GPU's on CUDA."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _train_report_model(
+    encoder: EncoderSpec,
+    lm_dir: str | Path,
+    manifest: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig,
+    encode_options: EncodeOptions | None,
+    cache: str | Path | None,
+    init_from: str | Path | None,
+    resume: bool,
+) -> Path:
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
@@ -234,6 +272,8 @@ def train_report_model(
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
+        if "rng" in state:  # checkpoints before 2026-12-06 did not keep it
+            _set_rng_state(state["rng"], device)
         print(f"resuming {out} at step {step}", file=sys.stderr)
     (out / "config.json").write_text(json.dumps(run_config, indent=2))
 
@@ -244,6 +284,7 @@ def train_report_model(
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step,
+            "rng": _rng_state(device),
         }
         _atomic_save(state, checkpoint)
 
