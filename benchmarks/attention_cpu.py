@@ -17,13 +17,14 @@ softmax, and ``flex_attention`` compiled by inductor, with GFLOP/s, in interleav
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from timing import ms_per_call
 
 # (tokens, batch * heads): about the same number of scores in each row
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -56,22 +57,13 @@ def flex(example: tuple[torch.Tensor, ...]) -> Attend | None:
     return compiled
 
 
-def ms_per_call(attend: Attend, qkv: tuple[torch.Tensor, ...], repeats: int) -> float:
-    for _ in range(2):
-        attend(*qkv).sum().backward()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        attend(*qkv).sum().backward()
-    return (time.perf_counter() - start) / repeats * 1e3
+def fwd_bwd_ms(attend: Attend, qkv: tuple[torch.Tensor, ...], repeats: int) -> float:
+    return ms_per_call(lambda: attend(*qkv).sum().backward(), repeats)
 
 
 def forward_ms(attend: Attend, qkv: tuple[torch.Tensor, ...], repeats: int) -> float:
-    for _ in range(3):  # a traced graph fuses from its third call
-        attend(*qkv)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        attend(*qkv)
-    return (time.perf_counter() - start) / repeats * 1e3
+    # a traced graph fuses from its third call
+    return ms_per_call(lambda: attend(*qkv), repeats, warmup=3)
 
 
 def fused_by_onednn(example: tuple[torch.Tensor, ...], attend: Attend = explicit) -> Attend:
@@ -135,8 +127,8 @@ def main() -> None:
             qkv = tuple(
                 torch.randn(rows, tokens, 64, dtype=dtype, requires_grad=True) for _ in range(3)
             )
-            fused = ms_per_call(F.scaled_dot_product_attention, qkv, args.repeats)
-            plain = ms_per_call(explicit, qkv, args.repeats)
+            fused = fwd_bwd_ms(F.scaled_dot_product_attention, qkv, args.repeats)
+            plain = fwd_bwd_ms(explicit, qkv, args.repeats)
             name = str(dtype).removeprefix("torch.")
             print(f"{tokens:>6} {name:>9} {fused:8.1f} {plain:9.1f} {fused / plain:10.2f}x")
 

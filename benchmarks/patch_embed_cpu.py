@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from raddino.models.hardware import probe_hardware
 from raddino.models.vit import flatten_patches
+from timing import ms_per_call
 
 # (name, batch, image size, patch size, width)
 SHAPES = [
@@ -31,15 +31,6 @@ SHAPES = [
     ("ViT-B/14 encode", 4, 518, 14, 768),
 ]
 PASSES = [("fwd + bwd", True), ("forward", False)]
-
-
-def ms_per_call(function: Callable[[], object], repeats: int) -> float:
-    for _ in range(2):
-        function()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        function()
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def convolution(images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+
+from timing import ms_per_call
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,12 +29,7 @@ def ms_per_step(
         logits.grad = None
         loss(logits, target, known).backward()
 
-    for _ in range(3):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps * 1e3
+    return ms_per_call(step, steps, warmup=3)
 
 
 def main() -> None:
