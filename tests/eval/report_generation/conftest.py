@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from raddino.data.preprocess import PreprocessConfig
@@ -23,11 +24,14 @@ TINY_LM = SmallLMConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 1-block, 32-dim encoder at 56 px (4 x 4 patches) in the HF format."""
-    model = RadDino.from_config(
-        ViTConfig(image_size=56, patch_size=14, embed_dim=32, depth=1, num_heads=2),
-        PreprocessConfig(shortest_edge=56, crop_height=56, crop_width=56),
-    )
+    """A random 1-block, 32-dim encoder at 56 px (4 x 4 patches) in the HF format, from seed 0:
+    the same weights whichever tests ran before (its weights decide how fast stage 1 learns)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = RadDino.from_config(
+            ViTConfig(image_size=56, patch_size=14, embed_dim=32, depth=1, num_heads=2),
+            PreprocessConfig(shortest_edge=56, crop_height=56, crop_width=56),
+        )
     out = tmp_path_factory.mktemp("report_encoder")
     model.save_pretrained(out)
     return out

@@ -195,7 +195,16 @@ def train_report_model(
     device = check_device(config.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _train_report_model(
-            encoder, lm_dir, manifest, out_dir, config, encode_options, cache, init_from, resume
+            encoder,
+            lm_dir,
+            manifest,
+            out_dir,
+            config,
+            device,
+            encode_options,
+            cache,
+            init_from,
+            resume,
         )
 
 
@@ -208,9 +217,11 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
+    """Restore :func:`_rng_state`'s states (CPU byte tensors, wherever the checkpoint was
+    loaded to)."""
+    torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _train_report_model(
@@ -219,6 +230,7 @@ def _train_report_model(
     manifest: str | Path,
     out_dir: str | Path,
     config: TrainConfig,
+    device: torch.device,
     encode_options: EncodeOptions | None,
     cache: str | Path | None,
     init_from: str | Path | None,
@@ -229,7 +241,6 @@ def _train_report_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = check_device(config.device)
     if not (Path(lm_dir) / "config.json").exists():
         raise FileNotFoundError(
             f"language model {lm_dir}: no config.json (a Hugging Face directory)"
