@@ -10,8 +10,10 @@ the ratio SDPA / matmul, for token counts from the ``tiny_cpu`` preset (50) to 5
 ``--inference`` instead times the forward alone, as encoding runs it: bf16, ViT-B/14 at 518 px
 (a batch of 4 x 12 heads, 1,370 tokens, head dim 64), through SDPA's default CPU kernel (flash
 attention), its math backend, explicit matmuls in eager mode, explicit matmuls traced and
-fused by oneDNN Graph (what ``--compile onednn`` runs), the same with fp32 scores around the
-softmax, and ``flex_attention`` compiled by inductor, with GFLOP/s, in interleaved rounds.
+fused by oneDNN Graph (what ``--compile onednn`` runs with AMX), the same with fp32 scores around
+the softmax, ``flex_attention`` compiled by inductor and raddino's AVX512-BF16 kernel
+(:mod:`raddino.models.fused_attention`, what ``--compile onednn`` runs without AMX), with
+GFLOP/s, in interleaved rounds, and each round's ratio oneDNN Graph / raddino's kernel.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from raddino.models import fused_attention
 from timing import ms_per_call
 
 # (tokens, batch * heads): about the same number of scores in each row
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SHAPES = [(50, 192), (197, 48), (577, 12), (1370, 3)]
+KERNEL = "raddino's kernel"
 
 
 def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -103,12 +107,21 @@ def inference(repeats: int, rounds: int) -> None:
     compiled_flex = flex((q, k, v))
     if compiled_flex is not None:
         candidates["flex_attention, compiled"] = compiled_flex
+    if fused_attention.unavailable_reason() is None:
+        rows = qkv.reshape(batch, tokens, -1)  # the qkv projection's output, as the ViT has it
+        candidates[KERNEL] = lambda q, k, v: fused_attention.fused_attention(rows, heads)
+    else:
+        print(f"  (raddino's kernel skipped: {fused_attention.unavailable_reason()})")
     for round in range(1, rounds + 1):
         print(f"round {round}:")
+        times = {}
         for name, attend in candidates.items():
             with torch.no_grad():
-                ms = forward_ms(attend, (q, k, v), repeats)
+                times[name] = ms = forward_ms(attend, (q, k, v), repeats)
             print(f"  {name:26s} {ms:8.1f} ms  {flops / ms / 1e6:6.0f} GFLOP/s")
+        if KERNEL in times:
+            ratio = times["explicit, oneDNN Graph"] / times[KERNEL]
+            print(f"  oneDNN Graph / raddino's kernel: {ratio:.2f}x")
 
 
 def main() -> None:

@@ -40,6 +40,8 @@ wait for the GPU, and the peak-RSS part is skipped (it measures host memory of a
   ``onednn`` and ``inductor`` (``torch.compile`` with ``freezing=True``);
 * ``onednn-sdpa``: as ``onednn``, with PyTorch's flash-attention kernel inside the traced graph
   instead of oneDNN Graph's attention partition;
+* ``onednn-fused``: as ``onednn``, with raddino's AVX512-BF16 attention kernel
+  (:mod:`raddino.models.fused_attention`; bf16 only, what the fast path picks without AMX);
 * ``inductor``: ``torch.compile(dynamic=False)`` without freezing;
 * ``inductor-max-autotune``: as ``inductor-freezing``, plus ``max_autotune`` (inductor times
   its C++ GEMM templates against the oneDNN kernels and keeps the faster);
@@ -59,7 +61,7 @@ machine runs.
 partition (qkv, attention, proj + residual, fc1 + GELU, fc2 + residual), each against the
 time its FLOPs would take at the bf16 matmul peak measured in the same run:
 
-    python benchmarks/encode_throughput.py --profile off,onednn [--attention matmul|sdpa]
+    python benchmarks/encode_throughput.py --profile off,onednn [--attention matmul|sdpa|fused]
         [--size 518] [--batch-size 4]
 """
 
@@ -313,14 +315,15 @@ def measure_rss(args: argparse.Namespace, tmp: Path, rad_dino_dir: Path) -> None
 
 Tokens = tuple[torch.Tensor, ...]  # (cls, registers, patches), as BackboneTuple returns them
 COMPILE_MODES = (
-    "eager", "onednn", "onednn-sdpa", "inductor", "inductor-freezing", "inductor-max-autotune",
-    "export",
+    "eager", "onednn", "onednn-sdpa", "onednn-fused", "inductor", "inductor-freezing",
+    "inductor-max-autotune", "export",
 )  # fmt: skip
 # engine modes: (compile, the attention the oneDNN Graph mode traces)
 ENGINE_COMPILE = {
     "eager": ("off", "matmul"),
     "onednn": ("onednn", "matmul"),
     "onednn-sdpa": ("onednn", "sdpa"),
+    "onednn-fused": ("onednn", "fused"),
     "inductor-freezing": ("inductor", "matmul"),
 }
 QUIET = 0.1  # a measurement is quiet if other processes used less of the CPUs than this
@@ -715,7 +718,7 @@ def main() -> None:
         "--profile", help="where one batch's time goes, bf16: comma-separated off,onednn,inductor"
     )
     parser.add_argument(
-        "--attention", default="matmul", choices=("matmul", "sdpa"),
+        "--attention", default="matmul", choices=("matmul", "sdpa", "fused"),
         help="with --profile: the attention the oneDNN Graph mode traces",
     )  # fmt: skip
     parser.add_argument("--dtypes", default="fp32,bf16", help="with --modes")

@@ -259,7 +259,7 @@ def test_onednn_graph_folds_layerscale_and_fuses_each_residual_into_its_linear(
 
 
 def test_unknown_attention_is_refused(small_hf_dir: Path):
-    with pytest.raises(ValueError, match="choose matmul or sdpa"):
+    with pytest.raises(ValueError, match="choose matmul, sdpa, fused"):
         InferenceEngine(RadDino.from_pretrained(small_hf_dir).backbone, attention="flash")
 
 

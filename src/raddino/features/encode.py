@@ -45,6 +45,7 @@ from raddino.models.encoder import RadDino
 from raddino.models.engine import InferenceEngine
 from raddino.models.hardware import (
     COMPILE_CHOICES,
+    choose_attention,
     choose_compile,
     configure_cpu_threads,
     onednn_traceable,
@@ -277,11 +278,15 @@ def build_engine(
         if reuse_freed_memory():
             log("memory: freed tensors are kept for the next batch (no page faults per batch)")
     log(f"compile: {compile_choice.value} ({compile_choice.reason})")
+    attention = choose_attention(str(compile_choice.value), hardware, dtype, model.backbone)
+    if compile_choice.value == "onednn":
+        log(f"attention: {attention.value} ({attention.reason})")
     return InferenceEngine(
         model.backbone,
         device=device,
         dtype=dtype,
         compile=str(compile_choice.value),
+        attention=str(attention.value),
         layers=options.layers,
         on_event=log,
     )

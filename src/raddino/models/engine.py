@@ -9,7 +9,8 @@ chosen dtype and one of three ways (``compile``):
   into the q rows of ``attn.qkv``) traced with ``torch.jit.trace`` and frozen, which makes the
   folded weights constants, then fused by oneDNN Graph (``torch.jit.enable_onednn_fusion``):
   per block a qkv linear, the attention (explicit matmuls and softmax; ``attention="sdpa"``
-  traces PyTorch's flash-attention kernel instead), ``x + proj(...)``, fc1 with GELU and
+  traces PyTorch's flash-attention kernel instead, ``"fused"`` raddino's own kernel, which
+  stays a call between the partitions), ``x + proj(...)``, fc1 with GELU and
   ``x + fc2(...)``, each one partition; LayerNorms stay aten ops. The fastest CPU mode
   measured, ahead of ``torch.compile`` and ``torch.export`` + AOTInductor (docs/encoding.md,
   "CPU fast path"), though TorchScript is deprecated upstream; where the fuser is missing (or
@@ -39,6 +40,7 @@ from raddino.models.vit import BackboneOutput, VisionTransformer
 
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 BACKEND_NAMES = {"off": "eager", "onednn": "oneDNN Graph", "inductor": "inductor"}
+ATTENTION_CHOICES = ("matmul", "sdpa", "fused")
 
 
 class BackboneTuple(nn.Module):
@@ -63,8 +65,10 @@ class InferenceEngine:
     backbone is cast and moved in place (its parameters are otherwise left as they are); use
     one engine per backbone. ``attention``: what the ``onednn`` mode traces, ``matmul`` (fused
     by oneDNN Graph; 3-9% faster than ``sdpa`` at batch 2-8 on a Xeon with AMX, and 1.7-1.9x
-    the flash kernel's attention speed on a Zen 4 EPYC) or ``sdpa``. ``on_event`` receives a
-    line for each compile step and fallback.
+    the flash kernel's attention speed on a Zen 4 EPYC), ``sdpa``, or ``fused`` (bf16 only:
+    raddino's AVX512-BF16 kernel, :mod:`raddino.models.fused_attention`, which
+    :func:`~raddino.models.hardware.choose_attention` picks). ``on_event`` receives a line for
+    each compile step and fallback.
     """
 
     def __init__(
@@ -75,13 +79,13 @@ class InferenceEngine:
         dtype: torch.dtype = torch.float32,
         compile: str = "off",
         layers: Sequence[int] = (),
-        attention: Literal["matmul", "sdpa"] = "matmul",
+        attention: Literal["matmul", "sdpa", "fused"] = "matmul",
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         if compile not in BACKEND_NAMES:
             raise ValueError(f"compile {compile!r}: choose {', '.join(BACKEND_NAMES)}")
-        if attention not in ("matmul", "sdpa"):
-            raise ValueError(f"attention {attention!r}: choose matmul or sdpa")
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention {attention!r}: choose {', '.join(ATTENTION_CHOICES)}")
         self.attention = attention
         self.device = torch.device(device)
         self.dtype = dtype

@@ -30,6 +30,7 @@ from torch import nn
 
 from raddino.cpus import available_cores
 from raddino.devices import cpuinfo_field, has_native_bf16
+from raddino.models import fused_attention
 from raddino.models.vit import VisionTransformer
 from raddino.precision import auto_dtype, short_name
 
@@ -213,6 +214,32 @@ def choose_compile(
             f"(from {COMPILE_MIN_IMAGES} on)",
         )
     return Choice("onednn", f"auto: {num_images} images on CPU")
+
+
+def choose_attention(
+    compile: str, hardware: Hardware, dtype: torch.dtype, backbone: nn.Module
+) -> Choice:
+    """The attention the ``onednn`` mode traces: ``value`` is ``"fused"`` (raddino's
+    AVX512-BF16 kernel, :mod:`raddino.models.fused_attention`) or ``"matmul"`` (oneDNN Graph's
+    attention partition).
+
+    ``fused`` for bf16 on a CPU with native bf16 matmuls but no AMX, heads 64 wide, where the
+    kernel builds: on a Zen 4 EPYC it runs ViT-B/14's attention at 518 px about 1.2x faster
+    than oneDNN's partition (docs/encoding.md). With AMX oneDNN's kernels use the tile units,
+    which ours does not, so they keep the attention there.
+    """
+    if compile != "onednn":
+        return Choice("matmul", "only the oneDNN Graph mode has a choice")
+    if dtype != torch.bfloat16 or not hardware.bf16 or hardware.amx:
+        why = "AMX" if hardware.amx else "no native bf16" if not hardware.bf16 else "not bf16"
+        return Choice("matmul", f"oneDNN Graph's partition: {why}")
+    widths = {block.attn.qkv.in_features // block.attn.num_heads for block in backbone.blocks}
+    if widths != {fused_attention.HEAD_DIM}:
+        return Choice("matmul", f"oneDNN Graph's partition: heads {sorted(widths)} wide, not 64")
+    reason = fused_attention.unavailable_reason()
+    if reason is not None:
+        return Choice("matmul", f"oneDNN Graph's partition; raddino's kernel: {reason}")
+    return Choice("fused", "raddino's AVX512-BF16 kernel: bf16 on a CPU without AMX")
 
 
 def configure_cpu_threads() -> int:

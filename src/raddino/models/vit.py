@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from raddino.models.fused_attention import fused_attention
+
 FfnKind = Literal["mlp", "swiglu"]
 
 
@@ -180,8 +182,10 @@ class Attention(nn.Module):
 
     ``impl = "matmul"`` computes ``softmax(q k^T / sqrt(d)) v`` with explicit matmuls instead,
     the pattern oneDNN Graph fuses when the model is traced for CPU inference
-    (:mod:`raddino.models.engine`). The default ``"sdpa"`` uses the fused kernel, except for
-    CPU training in reduced precision (:func:`prefers_matmul_attention`).
+    (:mod:`raddino.models.engine`); ``"fused"`` (tracing for bf16 CPU inference only) calls
+    raddino's own AVX512-BF16 kernel (:mod:`raddino.models.fused_attention`). The default
+    ``"sdpa"`` uses PyTorch's fused kernel, except for CPU training in reduced precision
+    (:func:`prefers_matmul_attention`).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
@@ -189,7 +193,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.impl: Literal["sdpa", "matmul"] = "sdpa"
+        self.impl: Literal["sdpa", "matmul", "fused"] = "sdpa"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D)."""
@@ -206,7 +210,8 @@ class Attention(nn.Module):
     def heads_prescaled(self, x: torch.Tensor, matmul: bool = False) -> torch.Tensor:
         """x: (B, N, D) -> the heads' outputs (B, N, D) before ``proj``, with 1/sqrt(d) folded
         into the q rows of ``qkv`` (exact for power-of-two head dims such as 64) instead of
-        scaling the (N, N) scores; explicit matmuls if ``matmul`` or ``impl == "matmul"``, else
+        scaling the (N, N) scores; explicit matmuls if ``matmul`` or ``impl == "matmul"``, the
+        AVX512-BF16 kernel if ``impl == "fused"`` (inference only: it has no gradient), else
         SDPA. Used for tracing (:meth:`Block.folded_forward`) and for the matmul attention of
         :meth:`forward`; the gradient reaches ``qkv`` through the folded weight."""
         batch, tokens, dim = x.shape
@@ -219,6 +224,8 @@ class Attention(nn.Module):
             ]
         )
         qkv = F.linear(x, *rows_scaled(self.qkv, scale))
+        if self.impl == "fused" and not matmul:
+            return fused_attention(qkv, self.num_heads)
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         if matmul or self.impl == "matmul":
             out = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1), v)
