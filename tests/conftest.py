@@ -7,6 +7,7 @@ import os
 # As the CLI does: idle OpenMP threads sleep instead of spinning (set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ import torch
 from PIL import Image
 
 from raddino.models.formats import RAD_DINO_HF_CONFIG
+
+# raddino's attention kernel is built into a cache of this session's, not the user's.
+_KERNEL_CACHE = tempfile.TemporaryDirectory(prefix="raddino-test-cache-")
+os.environ["RADDINO_CACHE_DIR"] = _KERNEL_CACHE.name
 
 SMALL_HF_CONFIG = dict(
     RAD_DINO_HF_CONFIG, hidden_size=64, num_hidden_layers=2, num_attention_heads=4
