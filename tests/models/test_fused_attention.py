@@ -93,6 +93,19 @@ def test_sharp_logits_neither_overflow_nor_vanish():
 
 
 @needs_kernel
+@pytest.mark.parametrize("part", [0, 1, 2])
+def test_a_nan_in_q_k_or_v_spreads_as_in_fp32_attention(part: int):
+    """A NaN in one token's q poisons its own row, in its k or v every row: the same rows as
+    fp32 attention, never a finite output where PyTorch gives NaN."""
+    qkv = random_qkv(1, 40, 2, seed=6).reshape(1, 40, 3, 2, fa.HEAD_DIM)
+    qkv[0, 7, part, 1] = float("nan")  # head 1 only
+    qkv = qkv.reshape(1, 40, -1)
+    nan_rows = fa.fused_attention(qkv, 2).isnan().any(-1)
+    assert torch.equal(nan_rows, reference(qkv, 2).isnan().any(-1))
+    assert nan_rows.sum().item() == (1 if part == 0 else 40)
+
+
+@needs_kernel
 def test_result_does_not_depend_on_the_thread_count():
     """Each (image, head) is one thread's work from start to end, so 1, 2 or 5 threads (5 does
     not divide the 6 items evenly) give the same bits."""

@@ -30,11 +30,12 @@
 typedef uint16_t bf16;
 
 /* exp(x - max) = 2^(x log2(e) - shift), shift = max log2(e), in fp32; floored at 2^-125 (the
- * padding keys' -inf included). 2^f on [-0.5, 0.5] by a cubic: relative error 8e-5, below the
+ * padding keys' -inf included), while a NaN score stays NaN, so a NaN in q or k spreads to the
+ * outputs as in PyTorch's attention. 2^f on [-0.5, 0.5] by a cubic: relative error 8e-5, below the
  * 2^-9 rounding of the bf16 weight it becomes. */
 static inline __m512 exp_ps(__m512 x, __m512 shift) {
     __m512 t = _mm512_fmsub_ps(x, _mm512_set1_ps(1.44269504088896341f), shift);
-    t = _mm512_max_ps(t, _mm512_set1_ps(-125.0f));
+    t = _mm512_max_ps(_mm512_set1_ps(-125.0f), t); /* vmaxps returns t if t is NaN */
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(t, n);
     __m512 p = _mm512_set1_ps(0.05508873f);
