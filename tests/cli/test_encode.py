@@ -349,6 +349,43 @@ def test_onednn_mode_encodes_within_tolerance(
     assert cosine_rows(features.cls, expected).min() >= TOLERANCES[torch.bfloat16]["cls"]
 
 
+@pytest.mark.skipif(
+    not onednn_fuses_bf16(), reason="oneDNN Graph has no bf16 kernels without AVX-512"
+)
+def test_onednn_mode_with_64_wide_heads_uses_the_attention_it_announces(
+    image_folder: Path, tmp_path: Path, capsys, monkeypatch
+):
+    """Heads 64 wide (as every DINOv2 size): in bf16 without AMX the run uses raddino's
+    attention kernel where it builds, else oneDNN Graph's, says which, and stays within the
+    bf16 tolerance either way."""
+    from raddino.models import fused_attention
+    from raddino.models.hardware import TOLERANCES, probe_hardware
+    from tests.conftest import make_hf_model
+
+    model = make_hf_model(
+        tmp_path / "wide", hidden_size=128, num_attention_heads=2, num_hidden_layers=2
+    )
+    kernel = fused_attention.unavailable_reason() is None and not probe_hardware("cpu").amx
+    traced_calls = []  # the blocks' calls of the kernel while the model is traced
+
+    def spy(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+        traced_calls.append(heads)
+        return fused_attention.fused_attention(qkv, heads)
+
+    monkeypatch.setattr("raddino.models.vit.fused_attention", spy)
+    out = tmp_path / "store"
+    assert main(["encode", str(image_folder), "--model", str(model), "--out", str(out),
+                 "--workers", "1", "--batch-size", "2", "--dtype", "bf16", "--compile",
+                 "onednn", "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"attention: {'fused' if kernel else 'matmul'} (" in printed
+    assert traced_calls == ([2, 2] if kernel else [])  # 2 blocks of 2 heads, traced once
+    assert "oneDNN Graph fused" in printed
+    features = load_features(out)
+    expected = RadDino.from_pretrained(model).extract_cls_token(features.paths).numpy()
+    assert cosine_rows(features.cls, expected).min() >= TOLERANCES[torch.bfloat16]["cls"]
+
+
 def test_full_patch_shards_are_capped_in_bytes(
     image_folder: Path, small_hf_dir: Path, tmp_path: Path, monkeypatch
 ):
