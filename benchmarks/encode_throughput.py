@@ -40,8 +40,9 @@ wait for the GPU, and the peak-RSS part is skipped (it measures host memory of a
   ``onednn`` and ``inductor`` (``torch.compile`` with ``freezing=True``);
 * ``onednn-sdpa``: as ``onednn``, with PyTorch's flash-attention kernel inside the traced graph
   instead of oneDNN Graph's attention partition;
-* ``onednn-fused``: as ``onednn``, with raddino's AVX512-BF16 attention kernel
-  (:mod:`raddino.models.fused_attention`; bf16 only, what the fast path picks without AMX);
+* ``onednn-fused``, ``eager-fused``: as ``onednn`` and ``eager``, with raddino's AVX512-BF16
+  attention kernel (:mod:`raddino.models.fused_attention`; bf16 only; what ``auto`` picks for
+  either mode on CPUs without AMX);
 * ``inductor``: ``torch.compile(dynamic=False)`` without freezing;
 * ``inductor-max-autotune``: as ``inductor-freezing``, plus ``max_autotune`` (inductor times
   its C++ GEMM templates against the oneDNN kernels and keeps the faster);
@@ -315,12 +316,13 @@ def measure_rss(args: argparse.Namespace, tmp: Path, rad_dino_dir: Path) -> None
 
 Tokens = tuple[torch.Tensor, ...]  # (cls, registers, patches), as BackboneTuple returns them
 COMPILE_MODES = (
-    "eager", "onednn", "onednn-sdpa", "onednn-fused", "inductor", "inductor-freezing",
-    "inductor-max-autotune", "export",
+    "eager", "eager-fused", "onednn", "onednn-sdpa", "onednn-fused", "inductor",
+    "inductor-freezing", "inductor-max-autotune", "export",
 )  # fmt: skip
 # engine modes: (compile, the attention the oneDNN Graph mode traces)
 ENGINE_COMPILE = {
     "eager": ("off", "matmul"),
+    "eager-fused": ("off", "fused"),
     "onednn": ("onednn", "matmul"),
     "onednn-sdpa": ("onednn", "sdpa"),
     "onednn-fused": ("onednn", "fused"),

@@ -178,14 +178,47 @@ def test_the_kernel_is_chosen_only_for_bf16_without_amx_and_64_wide_heads(monkey
     monkeypatch.setattr(fa, "_library", lambda: object())  # a kernel that builds
     vit = tiny_vit()
     assert choose_attention("onednn", EPYC, BF16, vit).value == "fused"
-    assert "AMX" in choose_attention("onednn", XEON_AMX, BF16, vit).reason
-    assert choose_attention("onednn", EPYC, torch.float32, vit).value == "matmul"
-    assert choose_attention("off", EPYC, BF16, vit).value == "matmul"
+    assert choose_attention("off", EPYC, BF16, vit).value == "fused"  # eager too
+    amx = choose_attention("onednn", XEON_AMX, BF16, vit)
+    assert amx.value == "matmul" and "AMX" in amx.reason
+    assert choose_attention("off", EPYC, torch.float32, vit).value == "sdpa"
+    assert choose_attention("inductor", EPYC, BF16, vit).value == "matmul"
+    assert choose_attention("off", EPYC, BF16, torch.nn.Linear(2, 2)).value == "sdpa"  # foreign
+    gpu = Hardware("cuda", "H100", bf16=True, fp16=True, onednn_graph=False, compiler=True)
+    assert choose_attention("off", gpu, BF16, vit).value == "sdpa"
     narrow = choose_attention("onednn", EPYC, BF16, tiny_vit(heads=4))
     assert narrow.value == "matmul" and "[32] wide" in narrow.reason
     monkeypatch.setattr(fa, "_library", lambda: "no C compiler (set CC, or install cc)")
     missing = choose_attention("onednn", EPYC, BF16, vit)
     assert missing.value == "matmul" and "no C compiler" in missing.reason
+
+
+def test_the_engine_refuses_the_kernel_outside_bf16_on_cpu():
+    with pytest.raises(ValueError, match="bf16 on CPU only"):
+        InferenceEngine(tiny_vit(), dtype=torch.float32, attention="fused")
+
+
+@needs_kernel
+def test_the_eager_engine_calls_the_kernel_and_leaves_the_model_as_it_was(monkeypatch):
+    """Eager mode with ``attention="fused"``: the blocks call the kernel during the call only
+    (the model's attention is SDPA again afterwards), within the bf16 tolerance of fp32."""
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = tiny_vit()(images)
+    calls = []
+
+    def spy(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+        calls.append(heads)
+        return fa.fused_attention(qkv, heads)
+
+    monkeypatch.setattr("raddino.models.vit.fused_attention", spy)
+    engine = InferenceEngine(tiny_vit(), dtype=BF16, compile="off", attention="fused")
+    output = engine(images.to(BF16))
+    assert calls == [2, 2]  # both blocks, 2 heads each
+    assert all(b.attn.impl == "sdpa" and not b.folded for b in engine.backbone.blocks)
+    cls = F.cosine_similarity(output.cls.float(), expected.cls, dim=-1).min().item()
+    patches = F.cosine_similarity(output.patches.float(), expected.patches, dim=-1).min().item()
+    assert cls >= hw.TOLERANCES[BF16]["cls"] and patches >= hw.TOLERANCES[BF16]["patches"]
 
 
 @needs_kernel

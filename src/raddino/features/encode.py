@@ -279,7 +279,7 @@ def build_engine(
             log("memory: freed tensors are kept for the next batch (no page faults per batch)")
     log(f"compile: {compile_choice.value} ({compile_choice.reason})")
     attention = choose_attention(str(compile_choice.value), hardware, dtype, model.backbone)
-    if compile_choice.value == "onednn":
+    if device.type == "cpu":
         log(f"attention: {attention.value} ({attention.reason})")
     return InferenceEngine(
         model.backbone,

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -65,10 +66,11 @@ class InferenceEngine:
     backbone is cast and moved in place (its parameters are otherwise left as they are); use
     one engine per backbone. ``attention``: what the ``onednn`` mode traces, ``matmul`` (fused
     by oneDNN Graph; 3-9% faster than ``sdpa`` at batch 2-8 on a Xeon with AMX, and 1.7-1.9x
-    the flash kernel's attention speed on a Zen 4 EPYC), ``sdpa``, or ``fused`` (bf16 only:
-    raddino's AVX512-BF16 kernel, :mod:`raddino.models.fused_attention`, which
-    :func:`~raddino.models.hardware.choose_attention` picks). ``on_event`` receives a line for
-    each compile step and fallback.
+    the flash kernel's attention speed on a Zen 4 EPYC), ``sdpa``, or ``fused`` (raddino's ViT
+    in bf16 on CPU only: raddino's AVX512-BF16 kernel, :mod:`raddino.models.fused_attention`,
+    which :func:`~raddino.models.hardware.choose_attention` picks; with ``fused`` the eager mode
+    uses it too, where the others keep SDPA). ``on_event`` receives a line for each compile
+    step and fallback.
     """
 
     def __init__(
@@ -86,6 +88,12 @@ class InferenceEngine:
             raise ValueError(f"compile {compile!r}: choose {', '.join(BACKEND_NAMES)}")
         if attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention {attention!r}: choose {', '.join(ATTENTION_CHOICES)}")
+        if attention == "fused" and (
+            dtype != torch.bfloat16
+            or torch.device(device).type != "cpu"
+            or not isinstance(backbone, VisionTransformer)
+        ):
+            raise ValueError("attention 'fused' runs raddino's ViT in bf16 on CPU only")
         self.attention = attention
         self.device = torch.device(device)
         self.dtype = dtype
@@ -124,7 +132,9 @@ class InferenceEngine:
         count = images.shape[0]
         tensors = self._run_compiled(images) if self.compiled else None
         if tensors is None:
-            tensors = self._module(images)
+            fused = self.attention == "fused"  # else eager attention is SDPA
+            with self._blocks_as(folded=False, impl="fused") if fused else nullcontext():
+                tensors = self._module(images)
         cls, registers, patches, *layer_tokens = (t[:count] for t in tensors)
         patch = self.backbone.patch_size
         return BackboneOutput(
@@ -177,20 +187,27 @@ class InferenceEngine:
         if not onednn_graph_available():
             raise RuntimeError("no oneDNN Graph fuser (this torch build, or Python 3.14+)")
         torch.jit.enable_onednn_fusion(True)  # process-wide; only TorchScript graphs see it
-        blocks = list(self.backbone.blocks)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             # trace and freeze warn (FutureWarning) that TorchScript is deprecated; the choice of
             # this path is documented, and the tracer's own warnings are about this trace
             warnings.simplefilter("ignore")
-            for block in blocks:
-                block.folded, block.attn.impl = True, self.attention
-            try:
+            with self._blocks_as(folded=True, impl=self.attention):
                 example = images.clone()  # a normal tensor: tracing rejects inference tensors
                 traced = torch.jit.trace(self._module, example, check_trace=False)
                 return torch.jit.freeze(traced)
-            finally:
-                for block in blocks:
-                    block.folded, block.attn.impl = False, "sdpa"
+
+    @contextmanager
+    def _blocks_as(self, folded: bool, impl: str) -> Iterator[None]:
+        """Run the blocks in their folded form and/or with another attention for a while
+        (tracing, or an eager call with raddino's kernel); the model is left as it was."""
+        blocks = list(self.backbone.blocks)
+        for block in blocks:
+            block.folded, block.attn.impl = folded, impl
+        try:
+            yield
+        finally:
+            for block in blocks:
+                block.folded, block.attn.impl = False, "sdpa"
 
     def _check_fused(self, images: torch.Tensor) -> None:
         """After the profiling calls, the graph must hold oneDNN partitions, else go eager

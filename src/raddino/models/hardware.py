@@ -219,26 +219,31 @@ def choose_compile(
 def choose_attention(
     compile: str, hardware: Hardware, dtype: torch.dtype, backbone: nn.Module
 ) -> Choice:
-    """The attention the ``onednn`` mode traces: ``value`` is ``"fused"`` (raddino's
-    AVX512-BF16 kernel, :mod:`raddino.models.fused_attention`) or ``"matmul"`` (oneDNN Graph's
-    attention partition).
+    """The attention the engine runs (its ``attention``): ``"fused"``, raddino's AVX512-BF16
+    kernel (:mod:`raddino.models.fused_attention`), or what the mode runs otherwise: ``"sdpa"``
+    (PyTorch's, eager) or ``"matmul"`` (oneDNN Graph's attention partition, traced).
 
-    ``fused`` for bf16 on a CPU with native bf16 matmuls but no AMX, heads 64 wide, where the
-    kernel builds: on a Zen 4 EPYC it runs ViT-B/14's attention at 518 px about 1.2x faster
-    than oneDNN's partition (docs/encoding.md). With AMX oneDNN's kernels use the tile units,
-    which ours does not, so they keep the attention there.
+    ``fused`` for raddino's ViT in bf16, eager or ``onednn``, on a CPU with native bf16 matmuls
+    but no AMX, heads 64 wide, where the kernel builds: on a Zen 4 EPYC it runs ViT-B/14's
+    attention at 518 px 1.3x faster than oneDNN's partition and 2.6x faster than PyTorch's
+    flash kernel (docs/encoding.md). With AMX oneDNN's kernels use the tile units, which ours
+    does not, so they keep the attention there.
     """
-    if compile != "onednn":
-        return Choice("matmul", "only the oneDNN Graph mode has a choice")
+    if compile not in ("off", "onednn"):
+        return Choice("matmul", f"{compile} compiles the model's own attention")
+    traced = compile == "onednn"
+    value, name = ("matmul", "oneDNN Graph's partition") if traced else ("sdpa", "SDPA")
+    if hardware.device_type != "cpu" or not isinstance(backbone, VisionTransformer):
+        return Choice(value, f"{name}: raddino's kernel serves raddino's ViT on CPU only")
     if dtype != torch.bfloat16 or not hardware.bf16 or hardware.amx:
         why = "AMX" if hardware.amx else "no native bf16" if not hardware.bf16 else "not bf16"
-        return Choice("matmul", f"oneDNN Graph's partition: {why}")
+        return Choice(value, f"{name}: {why}")
     widths = {block.attn.qkv.in_features // block.attn.num_heads for block in backbone.blocks}
     if widths != {fused_attention.HEAD_DIM}:
-        return Choice("matmul", f"oneDNN Graph's partition: heads {sorted(widths)} wide, not 64")
+        return Choice(value, f"{name}: heads {sorted(widths)} wide, not 64")
     reason = fused_attention.unavailable_reason()
     if reason is not None:
-        return Choice("matmul", f"oneDNN Graph's partition; raddino's kernel: {reason}")
+        return Choice(value, f"{name}; raddino's kernel: {reason}")
     return Choice("fused", "raddino's AVX512-BF16 kernel: bf16 on a CPU without AMX")
 
 

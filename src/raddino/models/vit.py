@@ -182,8 +182,8 @@ class Attention(nn.Module):
 
     ``impl = "matmul"`` computes ``softmax(q k^T / sqrt(d)) v`` with explicit matmuls instead,
     the pattern oneDNN Graph fuses when the model is traced for CPU inference
-    (:mod:`raddino.models.engine`); ``"fused"`` (tracing for bf16 CPU inference only) calls
-    raddino's own AVX512-BF16 kernel (:mod:`raddino.models.fused_attention`). The default
+    (:mod:`raddino.models.engine`); ``"fused"`` (bf16 CPU inference only, eager or traced)
+    calls raddino's own AVX512-BF16 kernel (:mod:`raddino.models.fused_attention`). The default
     ``"sdpa"`` uses PyTorch's fused kernel, except for CPU training in reduced precision
     (:func:`prefers_matmul_attention`).
     """
@@ -199,6 +199,8 @@ class Attention(nn.Module):
         """x: (B, N, D) -> (B, N, D)."""
         batch, tokens, dim = x.shape
         head_dim = self.qkv.in_features // self.num_heads  # a constant, also when traced
+        if self.impl == "fused":  # raddino's bf16 CPU kernel, for inference
+            return self.proj(self.heads_prescaled(x))
         if self.impl == "matmul" or prefers_matmul_attention(self.qkv.weight, x):
             # 1/sqrt(d) folded into the q rows: no pass over the (N, N) scores, forward or back.
             return self.proj(self.heads_prescaled(x, matmul=True))
