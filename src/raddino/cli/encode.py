@@ -63,13 +63,12 @@ SLURM: docs/encoding.md, "Many GPUs and nodes"
         "--compile",
         default="auto",
         choices=["auto", "off", "onednn", "inductor"],
-        help="onednn = trace the model and fuse it with oneDNN Graph (CPU; in bf16 on a CPU "
-        "with AVX512-BF16 and no AMX, attention runs raddino's own kernel, built on first use "
-        "with the C compiler); inductor = "
+        help="onednn = trace the model and fuse it with oneDNN Graph (CPU); inductor = "
         "torch.compile; auto = onednn on CPU in fp32/bf16 for jobs large enough to repay the "
         "tracing (the run prints its choice and why; threshold in docs/encoding.md), off "
-        "otherwise and on GPU; a failed compile falls back to eager with a warning "
-        "(default: auto)",
+        "otherwise and on GPU; a failed compile falls back to eager with a warning; in bf16 on a "
+        "CPU with AVX512-BF16 and no AMX, off and onednn run attention with raddino's own "
+        "kernel, built on first use with the C compiler (default: auto)",
     )
     parser.add_argument(
         "--batch-size",
