@@ -14,6 +14,7 @@ fused by oneDNN Graph (what ``--compile onednn`` runs with AMX), the same with f
 the softmax, ``flex_attention`` compiled by inductor and raddino's AVX512-BF16 kernel
 (:mod:`raddino.models.fused_attention`, what ``--compile onednn`` runs without AMX), with
 GFLOP/s, in interleaved rounds, and each round's ratio oneDNN Graph / raddino's kernel.
+``--kernel-sizes`` times raddino's kernel against oneDNN Graph and SDPA from 50 to 1,370 tokens.
 """
 
 from __future__ import annotations
@@ -124,12 +125,54 @@ def inference(repeats: int, rounds: int) -> None:
             print(f"  oneDNN Graph / raddino's kernel: {ratio:.2f}x")
 
 
+# (tokens, batch): 12 heads of 64, from a tiny_cpu-sized sequence to ViT-B/14 at 518 px
+KERNEL_SHAPES = [(50, 64), (101, 32), (197, 16), (257, 16), (577, 8), (1370, 4)]
+
+
+def prescaled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """:func:`explicit` with 1/sqrt(d) already in q, as the encoder traces it."""
+    return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1), v)
+
+
+def kernel_sizes(repeats: int) -> None:
+    """raddino's kernel against oneDNN Graph's partition (traced like the encoder's attention,
+    1/sqrt(d) in q) and SDPA, bf16 forward, at the sequence lengths of :data:`KERNEL_SHAPES`."""
+    reason = fused_attention.unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"raddino's kernel is unavailable here: {reason}")
+    heads = 12
+    print(f"threads {torch.get_num_threads()}, bf16, {heads} heads of 64, forward only, ms")
+    for tokens, batch in KERNEL_SHAPES:
+        qkv = torch.randn(batch, tokens, 3, heads, 64, dtype=torch.bfloat16)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        rows = qkv.reshape(batch, tokens, -1)
+        traced = fused_by_onednn((q, k, v), prescaled)
+        with torch.no_grad():
+            onednn = forward_ms(traced, (q, k, v), repeats)
+            ours = forward_ms(
+                lambda q, k, v, rows=rows: fused_attention.fused_attention(rows, heads),
+                (q, k, v), repeats,
+            )  # fmt: skip
+            sdpa = forward_ms(F.scaled_dot_product_attention, (q, k, v), repeats)
+        print(
+            f"  {tokens:5d} tokens x {batch:3d}: oneDNN Graph {onednn:7.2f}, raddino's kernel "
+            f"{ours:7.2f} ({onednn / ours:.2f}x), SDPA {sdpa:7.2f} ({sdpa / ours:.2f}x)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inference", action="store_true", help="bf16 forward at 518 px")
     parser.add_argument("--rounds", type=int, default=2, help="with --inference")
+    parser.add_argument(
+        "--kernel-sizes", action="store_true",
+        help="raddino's bf16 kernel against oneDNN Graph and SDPA from 50 to 1,370 tokens",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.kernel_sizes:
+        kernel_sizes(args.repeats)
+        return
     if args.inference:
         inference(args.repeats, args.rounds)
         return
