@@ -38,7 +38,10 @@ COMPILE_CHOICES = ("auto", "off", "onednn", "inductor")
 
 # ``--compile auto`` uses oneDNN Graph on CPU for jobs from this many images on: tracing and the
 # first (unfused, profiling) calls cost about 10-20 s on a 2-core EPYC, and the fused model
-# saves 0.2-0.5 s per ViT-B/14 image there (bf16 break-even near 40 images). On a 2-core Xeon
+# saved 0.2-0.5 s per ViT-B/14 image there (bf16 break-even near 40 images); with raddino's
+# attention kernel in both modes the first three calls cost 3.3 s more than eager's and the
+# fused model saves 0.06 s per image (bf16 break-even near 55 images; `python
+# benchmarks/encode_throughput.py --modes eager-fused,onednn-fused --dtypes bf16`). On a 2-core Xeon
 # with AMX they cost 7 s more than eager and save 0.05 s per image (break-even near 140), so a
 # 64-image job there is at most about 4 s slower (docs/encoding.md, "CPU fast path").
 COMPILE_MIN_IMAGES = 64
