@@ -136,7 +136,9 @@ def prescaled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
 def kernel_sizes(repeats: int) -> None:
     """raddino's kernel against oneDNN Graph's partition (traced like the encoder's attention,
-    1/sqrt(d) in q) and SDPA, bf16 forward, at the sequence lengths of :data:`KERNEL_SHAPES`."""
+    1/sqrt(d) in q) and SDPA, bf16 forward, at the sequence lengths of :data:`KERNEL_SHAPES`:
+    ms per call, and each one's mean |error| against fp32 attention of the same bf16 inputs
+    (oneDNN Graph / raddino's kernel / SDPA)."""
     reason = fused_attention.unavailable_reason()
     if reason is not None:
         raise SystemExit(f"raddino's kernel is unavailable here: {reason}")
@@ -154,9 +156,20 @@ def kernel_sizes(repeats: int) -> None:
                 (q, k, v), repeats,
             )  # fmt: skip
             sdpa = forward_ms(F.scaled_dot_product_attention, (q, k, v), repeats)
+            exact = prescaled(q.float(), k.float(), v.float())
+            errors = [
+                (out.float() - exact).abs().mean().item()
+                for out in (
+                    traced(q, k, v),
+                    fused_attention.fused_attention(rows, heads)
+                    .reshape(batch, tokens, heads, 64).transpose(1, 2),
+                    F.scaled_dot_product_attention(q, k, v, scale=1.0),
+                )
+            ]  # fmt: skip
         print(
             f"  {tokens:5d} tokens x {batch:3d}: oneDNN Graph {onednn:7.2f}, raddino's kernel "
-            f"{ours:7.2f} ({onednn / ours:.2f}x), SDPA {sdpa:7.2f} ({sdpa / ours:.2f}x)"
+            f"{ours:7.2f} ({onednn / ours:.2f}x), SDPA {sdpa:7.2f} ({sdpa / ours:.2f}x); "
+            "mean |error| to fp32 " + " / ".join(f"{error:.1e}" for error in errors)
         )
 
 

@@ -3,14 +3,16 @@
 ``fused_attention.c`` computes ``softmax(q k^T) v`` for every (image, head) of a ViT block
 straight from the qkv projection's output, with fp32 scores that stay in the core's caches (see
 its header). On a 2-core Zen 4 EPYC (AVX512-BF16, no AMX) it runs ViT-B/14's attention at 518 px
-faster than oneDNN Graph's fused partition (``python benchmarks/attention_cpu.py --inference``).
+faster than oneDNN Graph's fused partition (``python benchmarks/attention_cpu.py --inference``
+and ``--kernel-sizes``).
 
 It is compiled on first use with the system C compiler (``$CC``, else cc, gcc or clang) into
 ``$RADDINO_CACHE_DIR`` (default ``$XDG_CACHE_HOME/raddino`` or ``~/.cache/raddino``), keyed by
 a hash of the source, flags and compiler, and loaded with ctypes. Where it cannot be had (another
 CPU or OS, no compiler, a failed build), :func:`unavailable_reason` says why and callers keep
-oneDNN's attention. To PyTorch it is the operator ``torch.ops.raddino.fused_attention``, so a
-traced graph (:class:`~raddino.models.engine.InferenceEngine`) calls it like any other op.
+their usual attention (:func:`raddino.models.hardware.choose_attention`). To PyTorch it is the
+operator ``torch.ops.raddino.fused_attention``, so a traced graph
+(:class:`~raddino.models.engine.InferenceEngine`) calls it like any other op.
 """
 
 from __future__ import annotations
